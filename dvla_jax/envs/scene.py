@@ -1,0 +1,120 @@
+"""MJCF for the tabletop scene: a table, a Cartesian gripper and coloured primitive objects.
+
+The scene is written for MJX: primitive geoms only, and collisions only between pairs that
+matter. Bit 1 of contype/conaffinity is "touches the table and objects"; the gripper palm
+collides with both, the table never collides with itself, and nothing else is enabled.
+"""
+
+import dataclasses
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.8, 0.1),
+    "blue": (0.1, 0.2, 0.95),
+    "yellow": (0.95, 0.85, 0.1),
+    "purple": (0.6, 0.1, 0.8),
+    "orange": (1.0, 0.5, 0.0),
+}
+
+TABLE_HALF = 0.3  # Half-width of the square table top, metres.
+GRIPPER_HOME = (0.0, 0.0, 0.15)
+WORKSPACE_LOW = (-0.25, -0.25, 0.02)
+WORKSPACE_HIGH = (0.25, 0.25, 0.25)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectSpec:
+  """One free object on the table."""
+
+  name: str
+  colour: str
+  shape: str = "box"  # "box", "sphere" or "cylinder"
+  half_size: float = 0.03
+  mass: float = 0.1
+
+
+def _geom_size(spec: ObjectSpec) -> str:
+  h = spec.half_size
+  if spec.shape == "box":
+    return f"{h} {h} {h}"
+  if spec.shape == "sphere":
+    return f"{h}"
+  if spec.shape == "cylinder":
+    return f"{h} {h}"
+  raise ValueError(f"unknown shape {spec.shape!r}; allowed: box, sphere, cylinder")
+
+
+def tabletop_xml(objects: list[ObjectSpec], image_size: int = 32, timestep: float = 0.01) -> str:
+  """Returns the MJCF of the scene with `objects` resting on the table.
+
+  Args:
+    objects: the free objects; each gets a body named `spec.name` with one free joint.
+    image_size: offscreen framebuffer size (the MJX renderer sets its own resolution).
+    timestep: physics timestep in seconds.
+
+  Returns:
+    The MJCF text.
+  """
+  bodies = []
+  for i, spec in enumerate(objects):
+    r, g, b = COLOURS[spec.colour]
+    # Spread initial positions; the task's reset places them properly.
+    x = -0.15 + 0.15 * (i % 3)
+    y = 0.1 - 0.15 * (i // 3)
+    bodies.append(
+        f'<body name="{spec.name}" pos="{x} {y} {spec.half_size}">'
+        f'<freejoint name="{spec.name}_free"/>'
+        f'<geom name="{spec.name}_geom" type="{spec.shape}" size="{_geom_size(spec)}" '
+        f'rgba="{r} {g} {b} 1" mass="{spec.mass}" contype="1" conaffinity="1" '
+        f'friction="1 0.01 0.001" condim="3"/></body>'
+    )
+  lo, hi = WORKSPACE_LOW, WORKSPACE_HIGH
+  hx, hy, hz = GRIPPER_HOME
+  return f"""
+<mujoco model="dvla_tabletop">
+  <compiler angle="radian"/>
+  <option timestep="{timestep}" iterations="6" ls_iterations="8">
+    <flag warmstart="enable"/>
+  </option>
+  <visual><global offwidth="{max(image_size, 64)}" offheight="{max(image_size, 64)}"/></visual>
+  <asset>
+    <material name="table_mat" rgba="0.62 0.52 0.40 1"/>
+    <material name="floor_mat" rgba="0.25 0.25 0.28 1"/>
+    <material name="gripper_mat" rgba="0.15 0.15 0.15 1"/>
+  </asset>
+  <worldbody>
+    <light name="key" pos="0.3 -0.3 1.5" dir="-0.2 0.2 -1" directional="true" diffuse="0.8 0.8 0.8"/>
+    <camera name="front" pos="0 -0.52 0.62" xyaxes="1 0 0 0 0.77 0.64" fovy="48"/>
+    <camera name="top" pos="0 0 0.9" xyaxes="1 0 0 0 1 0" fovy="40"/>
+    <geom name="floor" type="plane" size="1 1 0.1" pos="0 0 -0.3" material="floor_mat"
+          contype="0" conaffinity="0"/>
+    <geom name="table" type="box" size="{TABLE_HALF} {TABLE_HALF} 0.02" pos="0 0 -0.02"
+          material="table_mat" contype="1" conaffinity="1"/>
+    <body name="gripper" pos="0 0 0">
+      <joint name="gx" type="slide" axis="1 0 0" range="{lo[0]} {hi[0]}" damping="20"/>
+      <joint name="gy" type="slide" axis="0 1 0" range="{lo[1]} {hi[1]}" damping="20"/>
+      <joint name="gz" type="slide" axis="0 0 1" range="{lo[2]} {hi[2]}" damping="20"/>
+      <geom name="palm" type="box" size="0.03 0.03 0.012" material="gripper_mat" mass="0.5"
+            contype="1" conaffinity="1"/>
+      <site name="tcp" pos="0 0 -0.012" size="0.005"/>
+    </body>
+    {"".join(bodies)}
+  </worldbody>
+  <actuator>
+    <position name="ax" joint="gx" kp="300" ctrlrange="{lo[0]} {hi[0]}"/>
+    <position name="ay" joint="gy" kp="300" ctrlrange="{lo[1]} {hi[1]}"/>
+    <position name="az" joint="gz" kp="300" ctrlrange="{lo[2]} {hi[2]}"/>
+  </actuator>
+  <keyframe><key name="home" qpos="{hx} {hy} {hz} {_object_qpos(objects)}"
+    ctrl="{hx} {hy} {hz}"/></keyframe>
+</mujoco>
+"""
+
+
+def _object_qpos(objects: list[ObjectSpec]) -> str:
+  parts = []
+  for i, spec in enumerate(objects):
+    x = -0.15 + 0.15 * (i % 3)
+    y = 0.1 - 0.15 * (i // 3)
+    parts.append(f"{x} {y} {spec.half_size} 1 0 0 0")
+  return " ".join(parts)

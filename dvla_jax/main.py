@@ -1,0 +1,216 @@
+r"""Trains a VLA policy with RL: `python -m dvla_jax.main --flagfile=configs/demo.flags`.
+
+One `--config` flag (a config file, fields overridable as `--config.rl.lr=1e-4`) and one
+process flag, `--workdir` (checkpoints, metrics.jsonl, TensorBoard events; a run resumes
+from the newest checkpoint there). Example:
+
+    python -m dvla_jax.main --config=configs/demo.py:tiny --workdir=/tmp/dvla_tiny \
+        --config.rl.lr=1e-4
+
+A user mistake (unknown or mistyped config field, value out of range, missing config file
+or workdir) prints one line, `config error: ...`, to stderr and exits with status 2 before
+anything heavy is imported or compiled.
+"""
+
+import importlib.util
+import logging as std_logging
+import os
+import re
+import sys
+from typing import NoReturn, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+from dvla_jax.training import config_check
+
+_USAGE_ERROR = 2
+_ALLOWED = {
+    "config": "a config file, e.g. configs/demo.py or configs/demo.py:tiny",
+    "workdir": "a directory path (created if missing)",
+}
+
+
+def _fail(message: str) -> NoReturn:
+  print(f"config error: {message}", file=sys.stderr)
+  sys.exit(_USAGE_ERROR)
+
+
+try:
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "Config file, optionally with an argument: configs/demo.py:tiny. "
+      "Fields are overridden with --config.<group>.<field>=value.", lock_config=True)
+except flags.Error as e:  # ml_collections already reads --flagfile while defining the flag.
+  _fail(str(e).replace("ERROR:: ", ""))
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints and metrics; a run resumes from it.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _last_line(text: str) -> str:
+  # Wrapped errors (a failing get_config) embed a traceback: its last line is the cause.
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else repr(text)
+
+
+def _config_argument(argv: Sequence[str]) -> Optional[str]:
+  """The last --config=... value in argv after expanding --flagfile, or None."""
+  value = None
+  for arg in flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False):
+    match = re.match(r"^--?config=(.*)$", arg)
+    if match:
+      value = match.group(1)
+  return value
+
+
+def _load_config_file(argument: str) -> ml_collections.ConfigDict:
+  """Builds the config of `--config=path[:arg]` again, unlocked, to inspect its fields."""
+  path, *arg = argument.split(":", 1)
+  spec = importlib.util.spec_from_file_location("_dvla_config_probe", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*arg)
+
+
+def _unknown_override(argv: Sequence[str]) -> Optional[str]:
+  """Names the first --config.<path> in argv that is not a field of the config file."""
+  argument = _config_argument(argv[1:])
+  if argument is None:
+    return None
+  config = _load_config_file(argument)
+  for arg in flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False):
+    match = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
+    if not match:
+      continue
+    node, walked = config, []
+    for key in match.group(1).split("."):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return (f"config.{'.'.join(walked)} is a {type(node).__name__} field, not a group; "
+                f"allowed: {config_check.describe('.'.join(walked)) or 'a value'}")
+      if key not in node:
+        path = ".".join(walked + [key])
+        return f"config.{path}: unknown field; allowed: {', '.join(node.keys())}"
+      node = node[key]
+      walked.append(key)
+  return None
+
+
+def _explain_flag_error(error: flags.Error, argv: Sequence[str]) -> str:
+  """Rewrites absl's flag errors as one line that says what is allowed."""
+  text = _last_line(str(error))
+  required = re.search(r"Flag --(\w+) must have a value other than None", str(error))
+  if required:
+    name = required.group(1)
+    return f"--{name} is required; allowed: {_ALLOWED.get(name, 'a value')}"
+  bad_value = re.match(r"^flag --config\.([\w.]+)=(.*?): (.*)$", str(error).splitlines()[0])
+  if bad_value:
+    path, value, why = bad_value.groups()
+    allowed = config_check.describe(path)
+    suffix = f"; allowed: {allowed}" if allowed else ""
+    return f"config.{path}={value!r} cannot be parsed ({_last_line(why)}){suffix}"
+  if str(error).startswith("flag --config="):  # get_config(arg) itself raised.
+    return f"--config={_config_argument(argv[1:])}: {text}"
+  return text.replace("ERROR:: ", "")
+
+
+def _one_config_flag(argv: list[str]) -> list[str]:
+  """Expands --flagfile and keeps one --config=, the last value at the first position.
+
+  ml_collections defines the override flags each time --config is parsed, so a second
+  --config (a flags file, then a command-line choice) would fail as a duplicate flag.
+  """
+  args = flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False)
+  positions = [i for i, arg in enumerate(args) if re.match(r"^--?config=", arg)]
+  if len(positions) < 2:
+    return argv
+  first, last = positions[0], positions[-1]
+  kept = [arg for i, arg in enumerate(args) if i not in positions or i == first]
+  kept[first] = args[last]
+  return [argv[0]] + kept
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser for `app.run`: one line and exit status 2 on any flag mistake.
+
+  Args:
+    argv: the full command line, program name first.
+
+  Returns:
+    The positional arguments left after parsing.
+  """
+  try:
+    return flags.FLAGS(_one_config_flag(argv))
+  except flags.Error as e:
+    _fail(_explain_flag_error(e, argv))
+  except OSError:  # An override was applied to a config file that failed to load.
+    _fail_config_load(_config_argument(argv[1:]) or "")
+  except (AttributeError, KeyError):
+    # ml_collections raises these from inside absl's parsing for an unknown field.
+    message = _unknown_override(argv)
+    if message is None:
+      raise
+    _fail(message)
+
+
+def _fail_config_load(argument: str) -> NoReturn:
+  path = argument.split(":", 1)[0]
+  why = "no such file" if not os.path.isfile(path) else "it did not load"
+  _fail(f"--config={argument}: cannot load the config file ({why}); "
+        f"allowed: {_ALLOWED['config']}")
+
+
+def _loaded_config() -> ml_collections.ConfigDict:
+  config = _CONFIG.value
+  if not isinstance(config, ml_collections.ConfigDict):
+    # ml_collections defers a config file's load error until the config is first used.
+    _fail_config_load(config_flags.get_config_filename(flags.FLAGS["config"]))
+  return config
+
+
+def _make_workdir(workdir: str) -> None:
+  if "://" in workdir:  # Remote storage (gs://...): orbax and the writers create it.
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    _fail(f"--workdir={workdir}: cannot create it ({e.strerror}); "
+          f"allowed: {_ALLOWED['workdir']}")
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Drops INFO records from chatty libraries (orbax logs every step of every save)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {' '.join(argv[1:])!r}; allowed: --flags only")
+  config = _loaded_config()
+  try:
+    config_check.validate(config, known_tasks=config_check.registered_tasks,
+                          known_presets=config_check.model_presets)
+  except config_check.ConfigError as e:
+    _fail(str(e))
+  _make_workdir(_WORKDIR.value)
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+  # Imported here so that --help and config errors do not wait for JAX and MJX.
+  from dvla_jax.training import trainer  # pylint: disable=g-import-not-at-top
+
+  logging.info("workdir %s, config:\n%s", _WORKDIR.value, config)
+  final = trainer.train(config, _WORKDIR.value)
+  logging.info("final metrics: %s", final)
+
+
+def run() -> None:
+  """Entry point: `python -m dvla_jax.main`."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,224 @@
+"""Start-up validation of the config tree: one line naming the field and what is allowed.
+
+`main` runs `validate` right after flag parsing, before anything is imported from the
+heavy packages or compiled, so that a typo costs a second rather than a compilation.
+The rules live in one table, `_RULES`, with one entry per field of
+`dvla_jax.training.default_config`; a test keeps the two in step.
+
+Names that other packages own (task names, model presets) are checked against lists the
+caller passes in, so that this module imports nothing heavy; `registered_tasks` and
+`model_presets` fetch those lists when the packages provide them.
+"""
+
+import dataclasses
+import importlib
+import math
+from typing import Any, Callable, Collection, Mapping, Optional, Union
+
+import ml_collections
+
+# A list of allowed names, or a zero-argument function returning one (None: not known).
+NameSource = Union[Collection[str], Callable[[], Optional[Collection[str]]], None]
+
+
+class ConfigError(ValueError):
+  """A config value that is not allowed; `str(error)` is one line naming the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+  """Type and range (or choices) allowed for one config field."""
+
+  kind: type
+  gt: Optional[float] = None
+  ge: Optional[float] = None
+  le: Optional[float] = None
+  choices: Optional[tuple[Any, ...]] = None
+
+  def describe(self) -> str:
+    if self.choices is not None:
+      return ", ".join(repr(c) for c in self.choices)
+    bounds = []
+    if self.gt is not None:
+      bounds.append(f"> {self.gt:g}")
+    if self.ge is not None:
+      bounds.append(f">= {self.ge:g}")
+    if self.le is not None:
+      bounds.append(f"<= {self.le:g}")
+    return " ".join([self.kind.__name__, " and ".join(bounds)]) if bounds else self.kind.__name__
+
+  def type_ok(self, value: Any) -> bool:
+    # bool is an int subclass, and a float field may hold an int written without a dot.
+    if isinstance(value, bool):
+      return self.kind is bool
+    if self.kind is float:
+      return isinstance(value, (int, float))
+    return isinstance(value, self.kind)
+
+  def range_ok(self, value: Any) -> bool:
+    if self.choices is not None:
+      return value in self.choices
+    if isinstance(value, float) and not math.isfinite(value):
+      return False
+    return not ((self.gt is not None and not value > self.gt)
+                or (self.ge is not None and not value >= self.ge)
+                or (self.le is not None and not value <= self.le))
+
+
+def _int(**bounds) -> _Rule:
+  return _Rule(int, **bounds)
+
+
+def _float(**bounds) -> _Rule:
+  return _Rule(float, **bounds)
+
+
+def _choice(*choices: str) -> _Rule:
+  return _Rule(str, choices=choices)
+
+
+_PROBABILITY = _float(ge=0, le=1)
+
+# One rule per field of default_config.get_config(); field docs live there.
+_RULES: dict[str, _Rule] = {
+    "seed": _int(ge=0),
+    "mode": _choice("rl"),
+    "pipeline": _choice("sync"),
+    "env.task": _Rule(str),
+    "env.num_envs": _int(ge=1),
+    "env.episode_length": _int(ge=1),
+    "env.image_size": _int(ge=32, le=128),
+    "env.impl": _choice("warp", "jax"),
+    "model.preset": _Rule(str),
+    "model.action_horizon": _int(ge=0),
+    "model.temperature": _float(gt=0),
+    "rl.algo": _choice("ppo"),
+    "rl.rollout_length": _int(ge=1),
+    "rl.lr": _float(gt=0),
+    "rl.gamma": _PROBABILITY,
+    "rl.gae_lambda": _PROBABILITY,
+    "rl.clip_eps": _float(gt=0),
+    "rl.value_clip_eps": _float(ge=0),
+    "rl.vf_coef": _float(ge=0),
+    "rl.ent_coef": _float(ge=0),
+    "rl.update_epochs": _int(ge=1),
+    "rl.num_minibatches": _int(ge=1),
+    "rl.max_grad_norm": _float(gt=0),
+    "rl.reward_scale": _float(gt=0),
+    "train.iterations": _int(ge=1),
+    "train.log_every": _int(ge=1),
+    "train.eval_every": _int(ge=1),
+    "train.eval_episodes": _int(ge=1),
+    "train.checkpoint_every": _int(ge=1),
+    "train.keep_checkpoints": _int(ge=1),
+}
+
+
+def field_paths() -> tuple[str, ...]:
+  """Dotted paths of every field that has a rule, in table order."""
+  return tuple(_RULES)
+
+
+def describe(path: str) -> Optional[str]:
+  """What field `path` (dotted, e.g. "rl.lr") allows, e.g. "float > 0"; None if unknown."""
+  rule = _RULES.get(path)
+  return rule.describe() if rule else None
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      flat.update(_flatten(value, path + "."))
+    else:
+      flat[path] = value
+  return flat
+
+
+def _siblings(path: str) -> list[str]:
+  """Known names next to `path` (fields and groups of the same parent), for error messages."""
+  parent = path.rpartition(".")[0]
+  names = []
+  for known in _RULES:
+    if parent and not known.startswith(parent + "."):
+      continue
+    name = known[len(parent) + 1 if parent else 0:].split(".")[0]
+    if name not in names:
+      names.append(name)
+  return names or sorted({known.split(".")[0] for known in _RULES})
+
+
+def _resolve(names: NameSource) -> Optional[Collection[str]]:
+  return names() if callable(names) else names
+
+
+def _check_name(path: str, value: str, names: NameSource) -> None:
+  allowed = _resolve(names)
+  if allowed is not None and value not in allowed:
+    raise ConfigError(f"{path}={value!r} unknown; allowed: {', '.join(sorted(allowed))}")
+
+
+def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = None,
+             known_presets: NameSource = None) -> None:
+  """Checks every field against the rules; raises ConfigError for the first violation.
+
+  Args:
+    config: the full config tree (as built by `default_config.get_config()`).
+    known_tasks: allowed `env.task` names, or a function returning them (called only
+      after the cheap checks pass); None skips the check.
+    known_presets: allowed `model.preset` names, same conventions as `known_tasks`.
+
+  Raises:
+    ConfigError: one line, e.g. "rl.lr=-1.0 out of range; allowed: float > 0".
+  """
+  flat = _flatten(config)
+  for path in flat:
+    if path not in _RULES:
+      raise ConfigError(f"{path}: unknown field; allowed: {', '.join(_siblings(path))}")
+  for path, rule in _RULES.items():
+    if path not in flat:
+      raise ConfigError(f"{path}: missing field; allowed: {rule.describe()}")
+    value = flat[path]
+    if not rule.type_ok(value):
+      raise ConfigError(f"{path}={value!r} has type {type(value).__name__}; "
+                        f"allowed: {rule.describe()}")
+    if not rule.range_ok(value):
+      what = "not a choice" if rule.choices is not None else "out of range"
+      raise ConfigError(f"{path}={value!r} {what}; allowed: {rule.describe()}")
+  if not flat["env.task"]:
+    raise ConfigError("env.task='' is empty; allowed: a registered task name")
+
+  batch = flat["env.num_envs"] * flat["rl.rollout_length"]
+  if batch % flat["rl.num_minibatches"]:
+    divisors = [d for d in range(1, batch + 1) if batch % d == 0]
+    raise ConfigError(
+        f"rl.num_minibatches={flat['rl.num_minibatches']} does not divide "
+        f"env.num_envs * rl.rollout_length = {batch}; allowed: "
+        f"{', '.join(map(str, divisors[:12]))}{', ...' if len(divisors) > 12 else ''}")
+
+  _check_name("env.task", flat["env.task"], known_tasks)
+  _check_name("model.preset", flat["model.preset"], known_presets)
+
+
+def _optional_module(name: str):
+  """Imports `name`, or returns None if that module (not one it imports) does not exist."""
+  try:
+    return importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+      return None
+    raise
+
+
+def registered_tasks() -> Optional[list[str]]:
+  """Task names from `dvla_jax.envs.registry.list_tasks()`; None if there is no registry."""
+  registry = _optional_module("dvla_jax.envs.registry")
+  list_tasks = getattr(registry, "list_tasks", None)
+  return list(list_tasks()) if list_tasks else None
+
+
+def model_presets() -> Optional[list[str]]:
+  """Preset names from `dvla_jax.models.PRESETS`; None if the models package has none."""
+  presets = getattr(_optional_module("dvla_jax.models"), "PRESETS", None)
+  return list(presets) if presets is not None else None

@@ -1,0 +1,232 @@
+"""VLA module, token helpers, presets and sharded init."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dvla_jax import models
+from dvla_jax import parallel
+from dvla_jax.models import __main__ as models_cli
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = models.get_preset("tiny")
+  return config, models.VLA(config, rngs=nnx.Rngs(0)), config.fake_obs(3, 1)
+
+
+def _max_diff(a, b):
+  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_output_shapes_and_dtypes(dtype):
+  config = models.get_preset("tiny", dtype=dtype, action_horizon=3, num_cameras=2)
+  model = models.VLA(config, rngs=nnx.Rngs(0))
+  logits, value = jax.jit(lambda m, o: m(o))(model, config.fake_obs(2))
+  assert logits.shape == (2, 3, 3, 256) and logits.dtype == jnp.float32
+  assert value.shape == (2,) and value.dtype == jnp.float32
+  assert np.all(np.isfinite(logits)) and np.all(np.isfinite(value))
+
+
+def test_fake_obs_is_valid():
+  config = models.get_preset("tiny", max_text_len=12)
+  obs = config.fake_obs(5)
+  assert obs["image"].dtype == jnp.uint8 and obs["image"].shape == (5, 1, 32, 32, 3)
+  assert obs["proprio"].shape == (5, 8)
+  text = np.asarray(obs["text"])
+  assert text.shape == (5, 12) and text.dtype == np.int32
+  for row in text:
+    eos = int(np.flatnonzero(row == 2)[0])
+    assert row[0] == 1 and eos >= 2 and np.all(row[eos + 1:] == 0) and np.all(row[1:eos] >= 3)
+
+
+def test_image_and_text_change_logits(tiny):
+  config, model, obs = tiny
+  logits, value = model(obs)
+  flipped = dict(obs, image=255 - obs["image"])
+  assert _max_diff(model(flipped)[0], logits) > 1e-4
+  other_text = dict(obs, text=obs["text"].at[:, 1].set(obs["text"][:, 1] % 250 + 4))
+  assert _max_diff(model(other_text)[0], logits) > 1e-4
+  other_proprio = dict(obs, proprio=obs["proprio"] + 1.0)
+  assert _max_diff(model(other_proprio)[1], value) > 1e-4
+
+
+def test_padding_is_invisible(tiny):
+  config, model, obs = tiny
+  # Every fake instruction has padding, so if any token attended to a pad token the logits
+  # would move when the pad embedding does.
+  assert np.all(np.asarray(obs["text"])[:, -1] == 0)
+  logits, value = model(obs)
+  graphdef, state = nnx.split(model)
+  changed = nnx.merge(graphdef, state)
+  changed.text_embed[...] = changed.text_embed[...].at[0].set(5.0)
+  new_logits, new_value = changed(obs)
+  assert _max_diff(new_logits, logits) < 1e-5 and _max_diff(new_value, value) < 1e-5
+  # Control: a real token's embedding does matter.
+  changed.text_embed[...] = changed.text_embed[...].at[1].set(5.0)
+  assert _max_diff(changed(obs)[0], logits) > 1e-4
+
+
+def test_prefix_query_mask():
+  valid = jnp.array([[True, True, False], [True, False, True]])
+  mask = np.asarray(models.prefix_query_mask(valid, 2))
+  assert mask.shape == (2, 1, 5, 5)
+  expected0 = np.array([
+      [1, 1, 0, 0, 0],  # prefix rows: valid prefix only, never queries
+      [1, 1, 0, 0, 0],
+      [1, 1, 0, 0, 0],
+      [1, 1, 0, 1, 1],  # query rows: valid prefix and every query
+      [1, 1, 0, 1, 1],
+  ], bool)
+  np.testing.assert_array_equal(mask[0, 0], expected0)
+  np.testing.assert_array_equal(mask[1, 0, :, 1], np.zeros(5, bool))
+  np.testing.assert_array_equal(mask[1, 0, 4], [1, 0, 1, 1, 1])
+
+
+def test_log_probs_match_direct_log_softmax():
+  logits = jax.random.normal(jax.random.key(0), (4, 2, 3, 256)) * 3.0
+  tokens = models.sample_tokens(logits, jax.random.key(1), 1.0)
+  assert tokens.shape == (4, 2, 3) and tokens.dtype == jnp.int32
+  got = np.asarray(models.token_log_probs(logits, tokens))
+  x = np.asarray(logits, np.float64)
+  shifted = x - x.max(-1, keepdims=True)
+  log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  b, h, d = np.indices(tokens.shape)
+  np.testing.assert_allclose(got, log_softmax[b, h, d, np.asarray(tokens)], rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_temperature():
+  logits = jax.random.normal(jax.random.key(0), (64, 2, 3, 256))
+  argmax = np.asarray(jnp.argmax(logits, -1))
+  np.testing.assert_array_equal(models.sample_tokens(logits, jax.random.key(1), 0.0), argmax)
+  traced = jax.jit(models.sample_tokens)(logits, jax.random.key(1), jnp.float32(0.0))
+  np.testing.assert_array_equal(traced, argmax)
+  # At temperature 1 a near-uniform distribution rarely samples the argmax.
+  sampled = np.asarray(models.sample_tokens(logits, jax.random.key(1), 1.0))
+  assert np.mean(sampled == argmax) < 0.2
+  # Samples follow the distribution: a token with 90% mass is drawn about 90% of the time.
+  peaked = jnp.zeros((2000, 1, 1, 256)).at[..., 7].set(jnp.log(0.9 * 255 / 0.1))
+  frac = np.mean(np.asarray(models.sample_tokens(peaked, jax.random.key(2), 1.0)) == 7)
+  assert 0.87 < frac < 0.93
+
+
+def test_entropy():
+  uniform = jnp.zeros((2, 2, 3, 256))
+  np.testing.assert_allclose(models.token_entropy(uniform), np.log(256), rtol=1e-6)
+  one_hot = jnp.full((1, 1, 1, 256), -1e4).at[..., 3].set(0.0)
+  np.testing.assert_allclose(models.token_entropy(one_hot), 0.0, atol=1e-5)
+
+
+def test_remat_matches_plain(tiny):
+  config, model, obs = tiny
+  remat_model = models.VLA(config.replace(remat=True, depth=2), rngs=nnx.Rngs(0))
+  plain_model = models.VLA(config.replace(depth=2), rngs=nnx.Rngs(0))
+
+  def loss(m):
+    logits, value = m(obs)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + jnp.mean(value)
+
+  g_remat, g_plain = nnx.grad(loss)(remat_model), nnx.grad(loss)(plain_model)
+  diffs = jax.tree.leaves(jax.tree.map(_max_diff, g_remat, g_plain))
+  assert max(diffs) < 1e-6
+
+
+def test_every_param_has_logical_axes():
+  config = models.get_preset("tiny", vit_width=16, vit_depth=1, vit_num_heads=2,
+                             vit_mlp_dim=32)
+  model = nnx.eval_shape(lambda: models.VLA(config, rngs=nnx.Rngs(0)))
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  assert len(flat) > 20
+  for path, var in flat:
+    names = var.get_metadata().get("out_sharding")
+    assert names is not None and len(names) == len(var.shape), path
+    assert set(names) <= set(models.LOGICAL_AXES) | {None}, path
+
+
+@pytest.mark.parametrize("name", ["base", "1b", "7b"])
+def test_preset_counts_near_nominal(name):
+  count = models.count_params(models.get_preset(name))
+  assert abs(count / models.NOMINAL_PARAMS[name] - 1) < 0.05
+
+
+def test_preset_errors():
+  with pytest.raises(ValueError, match="allowed: tiny, small"):
+    models.get_preset("3b")
+  with pytest.raises(ValueError, match="num_heads"):
+    models.get_preset("tiny", num_heads=3)
+  with pytest.raises(ValueError, match="bogus"):
+    models.get_preset("tiny", bogus=1)
+  assert models.get_preset("small", action_horizon=4).action_horizon == 4
+
+
+def test_cli(capsys):
+  assert models_cli.main(["--preset", "small", "--count"]) == 0
+  count = models.count_params(models.get_preset("small"))
+  assert capsys.readouterr().out.strip() == f"small: {count:,} parameters"
+  assert models_cli.main(["--preset", "nope", "--count"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "nope" in err
+
+
+def test_sharded_init_one_device():
+  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  config = models.get_preset("tiny")
+  model = parallel.create_sharded_model(config, mesh, parallel.DEFAULT_RULES, rng=3)
+  reference = models.VLA(config, rngs=nnx.Rngs(3))
+  params = nnx.state(model, nnx.Param)
+  assert all(v[...].sharding.mesh.shape == mesh.shape for v in jax.tree.leaves(
+      params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params,
+                      nnx.state(reference, nnx.Param))
+  assert all(jax.tree.leaves(same))
+
+
+def test_logical_to_pspec_drops_invalid_axes():
+  mesh = jax.make_mesh((1, 1), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  rules = {"embed": "fsdp", "mlp": "tensor", "batch": ("data", "fsdp")}
+  p = jax.sharding.PartitionSpec
+  assert parallel.logical_to_pspec(("embed", "mlp"), mesh, rules) == p("fsdp", "tensor")
+  assert parallel.logical_to_pspec(("batch", None), mesh, rules) == p("fsdp", None)  # no "data"
+  assert parallel.logical_to_pspec(("embed", "embed"), mesh, rules) == p("fsdp", None)
+  assert parallel.logical_to_pspec(None, mesh, rules) == p()
+
+
+_EIGHT_DEVICES = textwrap.dedent("""
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    import numpy as np
+    from flax import nnx
+    from dvla_jax import models, parallel
+    auto = (jax.sharding.AxisType.Auto,) * 3
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=auto)
+    config = models.get_preset("tiny")
+    model = parallel.create_sharded_model(config, mesh, parallel.DEFAULT_RULES, rng=0)
+    kernel = model.blocks[0].mlp_in.kernel[...]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor"), kernel.sharding
+    assert kernel.addressable_shards[0].data.shape == (16, 32)
+    vocab = model.text_embed[...]  # 259 rows do not split over tensor=2: kept whole
+    assert vocab.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp"), vocab.sharding
+    reference = models.VLA(config, rngs=nnx.Rngs(0))
+    obs = config.fake_obs(4)
+    diff = np.abs(np.asarray(model(obs)[0]) - np.asarray(reference(obs)[0])).max()
+    assert diff < 1e-4, diff
+    print("OK")
+""")
+
+
+def test_sharded_init_eight_fake_devices():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  result = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
