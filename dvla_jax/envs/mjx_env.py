@@ -18,11 +18,15 @@ import jax.numpy as jnp
 import mujoco
 from mujoco import mjx
 import numpy as np
+import warp
 
 from dvla_jax.envs import scene
 from dvla_jax.models import tokenizer
 
 State = brax_base.State
+
+# Warp prints a line per compiled kernel module otherwise.
+warp.config.quiet = True
 
 # Contacts allocated per world. MJX Warp's `naconmax` is a total over all worlds, and contacts
 # beyond it are silently dropped, so this is generous for a handful of objects.
@@ -79,7 +83,7 @@ class TabletopEnv(brax_base.Env):
     self.config = config
     self.mj_model = mujoco.MjModel.from_xml_string(
         scene.tabletop_xml(list(self.objects), config.image_size, config.timestep))
-    self.mjx_model = mjx.put_model(self.mj_model, impl=config.impl)
+    self.mjx_model = _quiet_solver(mjx.put_model(self.mj_model, impl=config.impl))
     self._home = self.mj_model.key("home")
     self._gripper_body = self.mj_model.body("gripper").id
     self._tcp_site = self.mj_model.site("tcp").id
@@ -202,12 +206,30 @@ class TabletopEnv(brax_base.Env):
     text = jnp.asarray(self._instructions)[info["task"]["instruction"]]
     return {"image": image, "text": text, "proprio": proprio}
 
+  def expert_action(self, state: State) -> jax.Array:
+    """Scripted expert with privileged state: the action chunk [H * D] for one world."""
+    raise NotImplementedError
+
   def object_pos(self, data: mjx.Data) -> jax.Array:
     """World positions of the objects, [num_objects, 3]."""
     return data.xpos[self._object_bodies]
 
   def tcp_pos(self, data: mjx.Data) -> jax.Array:
     return data.site_xpos[self._tcp_site]
+
+
+def _quiet_solver(mx: mjx.Model) -> mjx.Model:
+  """Stops MJX Warp printing a warning whenever the solver uses all its iterations.
+
+  A few iterations are a deliberate speed trade-off here; buffer overflows still warn.
+  """
+  impl = getattr(mx.opt, "_impl", None)
+  if impl is None or not hasattr(impl, "warn_overflow"):
+    return mx
+  from mujoco.mjx.third_party.mujoco_warp._src import types as mjw_types  # pylint: disable=g-import-not-at-top
+  quiet = mjw_types.OverflowType.ITERATIONS | mjw_types.OverflowType.LS_ITERATIONS
+  flags = int(impl.warn_overflow) & ~int(quiet)
+  return mx.replace(opt=mx.opt.replace(_impl=impl.replace(warn_overflow=flags)))
 
 
 def sample_separated_xy(rng: jax.Array, n: int, half_extent: float, min_sep: float) -> jax.Array:

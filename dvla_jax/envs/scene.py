@@ -118,3 +118,126 @@ def _object_qpos(objects: list[ObjectSpec]) -> str:
     y = 0.1 - 0.15 * (i // 3)
     parts.append(f"{x} {y} {spec.half_size} 1 0 0 0")
   return " ".join(parts)
+
+
+# -- Two-finger scene -------------------------------------------------------------------------
+
+FINGER_TRAVEL = 0.05  # Each finger's slide range, metres: 0 = open, FINGER_TRAVEL = shut.
+FINGER_INNER_OPEN = 0.049  # Inner face to gripper centre when open (gap 9.8 cm).
+FINGER_HALF = (0.012, 0.006, 0.025)  # Finger box half sizes (x, y, z).
+FINGER_CENTRE_Z = 0.012  # Finger box centre above the TCP.
+PAD_RADIUS = 0.045
+FINGER_LOW = (-0.25, -0.25, 0.012)  # TCP workspace of the two-finger gripper.
+FINGER_HIGH = (0.25, 0.25, 0.25)
+FINGER_HOME = (0.0, -0.12, 0.16)
+
+
+def finger_closure(half_width: float) -> float:
+  """Finger slide position at which the fingers touch an object `half_width` wide."""
+  return FINGER_INNER_OPEN - half_width
+
+
+def suite_xml(objects: list[ObjectSpec], num_pads: int, image_size: int = 32,
+              timestep: float = 0.01, iterations: int = 8, ls_iterations: int = 8) -> str:
+  """Returns the MJCF of the two-finger scene: objects, target pads and a Cartesian gripper.
+
+  Collisions: objects collide with each other, the table plane and the gripper; the gripper
+  never touches the table (its z range stops above it) and the pads collide with nothing.
+
+  Args:
+    objects: the free objects (body `spec.name`, free joint `spec.name + "_free"`).
+    num_pads: flat target regions, mocap bodies `pad0`, `pad1`, ... placed by the task.
+    image_size: offscreen framebuffer size.
+    timestep: physics timestep in seconds.
+    iterations: constraint solver iterations.
+    ls_iterations: line-search iterations.
+
+  Returns:
+    The MJCF text.
+  """
+  fx, fy, fz = FINGER_HALF
+  lo, hi = FINGER_LOW, FINGER_HIGH
+  hx, hy, hz = FINGER_HOME
+  bodies = []
+  for i, spec in enumerate(objects):
+    r, g, b = COLOURS[spec.colour]
+    bodies.append(
+        f'<body name="{spec.name}" pos="{-0.15 + 0.1 * i} 0.15 {spec.half_size}">'
+        f'<freejoint name="{spec.name}_free"/>'
+        f'<geom name="{spec.name}_geom" type="{spec.shape}" size="{_geom_size(spec)}" '
+        f'rgba="{r} {g} {b} 1" mass="{spec.mass}" class="object"/></body>')
+  pads = []
+  for i in range(num_pads):
+    pads.append(
+        f'<body name="pad{i}" mocap="true" pos="{-0.15 + 0.3 * i} -0.15 0.0005">'
+        f'<geom name="pad{i}_geom" type="cylinder" size="{PAD_RADIUS} 0.0005" '
+        f'rgba="0.5 0.5 0.5 1" contype="0" conaffinity="0"/></body>')
+  pad_qpos = ""
+  obj_qpos = " ".join(f"{-0.15 + 0.1 * i} 0.15 {s.half_size} 1 0 0 0"
+                      for i, s in enumerate(objects))
+  del pad_qpos
+  finger = (f'type="box" size="{fx} {fy} {fz}" pos="0 0 {FINGER_CENTRE_Z}" '
+            f'material="finger_mat" mass="0.05" class="gripper"')
+  y0 = FINGER_INNER_OPEN + fy
+  return f"""
+<mujoco model="dvla_suite">
+  <compiler angle="radian"/>
+  <option timestep="{timestep}" iterations="{iterations}" ls_iterations="{ls_iterations}">
+    <flag warmstart="enable"/>
+  </option>
+  <visual><global offwidth="{max(image_size, 64)}" offheight="{max(image_size, 64)}"/></visual>
+  <default>
+    <default class="object">
+      <geom contype="1" conaffinity="3" condim="3" friction="1 0.005 0.0001"/>
+    </default>
+    <default class="gripper">
+      <geom contype="2" conaffinity="0" condim="3" friction="1.5 0.005 0.0001"/>
+    </default>
+  </default>
+  <asset>
+    <material name="table_mat" rgba="0.62 0.52 0.40 1"/>
+    <material name="floor_mat" rgba="0.25 0.25 0.28 1"/>
+    <material name="gripper_mat" rgba="0.15 0.15 0.15 1"/>
+    <material name="finger_mat" rgba="0.35 0.35 0.38 1"/>
+  </asset>
+  <worldbody>
+    <light name="key" pos="0.3 -0.3 1.5" dir="-0.2 0.2 -1" directional="true" diffuse="0.8 0.8 0.8"/>
+    <camera name="front" pos="0 -0.52 0.62" xyaxes="1 0 0 0 0.77 0.64" fovy="48"/>
+    <camera name="top" pos="0 0 0.9" xyaxes="1 0 0 0 1 0" fovy="40"/>
+    <geom name="floor" type="plane" size="1 1 0.1" pos="0 0 -0.3" material="floor_mat"
+          contype="0" conaffinity="0"/>
+    <geom name="table" type="box" size="{TABLE_HALF} {TABLE_HALF} 0.02" pos="0 0 -0.02"
+          material="table_mat" contype="0" conaffinity="0"/>
+    <geom name="table_plane" type="plane" size="{TABLE_HALF} {TABLE_HALF} 0.1" group="3"
+          contype="1" conaffinity="1"/>
+    {"".join(pads)}
+    <body name="gripper" pos="0 0 0" gravcomp="1">
+      <joint name="gx" type="slide" axis="1 0 0" range="{lo[0]} {hi[0]}" damping="30"/>
+      <joint name="gy" type="slide" axis="0 1 0" range="{lo[1]} {hi[1]}" damping="30"/>
+      <joint name="gz" type="slide" axis="0 0 1" range="{lo[2]} {hi[2]}" damping="30"/>
+      <geom name="palm" type="box" size="0.02 {y0 + fy} 0.008" pos="0 0 {FINGER_CENTRE_Z + fz + 0.008}"
+            material="gripper_mat" mass="0.4" class="gripper"/>
+      <site name="tcp" pos="0 0 0" size="0.005"/>
+      <camera name="wrist" pos="0 -0.09 0.09" xyaxes="1 0 0 0 0.6 0.8" fovy="70"/>
+      <body name="finger_l" pos="0 {y0} 0" gravcomp="1">
+        <joint name="fl" type="slide" axis="0 -1 0" range="0 {FINGER_TRAVEL}" damping="5"/>
+        <geom name="finger_l_geom" {finger}/>
+      </body>
+      <body name="finger_r" pos="0 {-y0} 0" gravcomp="1">
+        <joint name="fr" type="slide" axis="0 1 0" range="0 {FINGER_TRAVEL}" damping="5"/>
+        <geom name="finger_r_geom" {finger}/>
+      </body>
+    </body>
+    {"".join(bodies)}
+  </worldbody>
+  <equality><joint joint1="fr" joint2="fl"/></equality>
+  <actuator>
+    <position name="ax" joint="gx" kp="600" ctrlrange="{lo[0]} {hi[0]}"/>
+    <position name="ay" joint="gy" kp="600" ctrlrange="{lo[1]} {hi[1]}"/>
+    <position name="az" joint="gz" kp="600" ctrlrange="{lo[2]} {hi[2]}"/>
+    <position name="agrip" joint="fl" kp="200" ctrlrange="0 {FINGER_TRAVEL}"/>
+  </actuator>
+  <keyframe><key name="home" qpos="{hx} {hy} {hz} 0 0 {obj_qpos}"
+    ctrl="{hx} {hy} {hz} 0"/></keyframe>
+</mujoco>
+"""

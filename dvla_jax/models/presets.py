@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dvla_jax.models import tokenizer
 
@@ -116,32 +117,32 @@ class VLAConfig:
       raise ValueError(f"unknown VLAConfig field(s): {', '.join(sorted(unknown))}")
     return dataclasses.replace(self, **overrides)
 
-  def fake_obs(self, batch: int, rng: jax.Array | int = 0) -> dict[str, jax.Array]:
+  def fake_obs(self, batch: int, seed: int = 0) -> dict[str, jax.Array]:
     """Builds a valid random observation batch.
+
+    Drawn with numpy so that building one compiles nothing.
 
     Args:
       batch: batch size B.
-      rng: PRNG key or integer seed.
+      seed: random seed.
 
     Returns:
       {"image": uint8 [B, num_cameras, S, S, 3], "text": int32 [B, max_text_len] (bos, random
       bytes of random length, eos, padding), "proprio": float32 [B, proprio_dim]}.
     """
-    if isinstance(rng, int):
-      rng = jax.random.key(rng)
-    k_img, k_len, k_txt, k_pro = jax.random.split(rng, 4)
+    rs = np.random.default_rng(seed)
     s = self.image_size
-    image = jax.random.randint(k_img, (batch, self.num_cameras, s, s, 3), 0, 256, jnp.int32)
+    image = rs.integers(0, 256, (batch, self.num_cameras, s, s, 3), dtype=np.uint8)
     # Byte lengths leave room for bos and eos.
-    lengths = jax.random.randint(k_len, (batch, 1), 1, self.max_text_len - 1)
-    pos = jnp.arange(self.max_text_len)[None, :]
-    body = jax.random.randint(k_txt, (batch, self.max_text_len), tokenizer.BYTE_OFFSET,
-                              self.vocab_size, jnp.int32)
-    text = jnp.where(pos <= lengths, body, tokenizer.PAD_ID)
-    text = jnp.where(pos == lengths + 1, tokenizer.EOS_ID, text)
-    text = text.at[:, 0].set(tokenizer.BOS_ID)
-    proprio = jax.random.normal(k_pro, (batch, self.proprio_dim), jnp.float32)
-    return {"image": image.astype(jnp.uint8), "text": text.astype(jnp.int32), "proprio": proprio}
+    lengths = rs.integers(1, self.max_text_len - 1, (batch, 1))
+    pos = np.arange(self.max_text_len)[None, :]
+    body = rs.integers(tokenizer.BYTE_OFFSET, self.vocab_size, (batch, self.max_text_len))
+    text = np.where(pos <= lengths, body, tokenizer.PAD_ID)
+    text = np.where(pos == lengths + 1, tokenizer.EOS_ID, text)
+    text[:, 0] = tokenizer.BOS_ID
+    proprio = rs.standard_normal((batch, self.proprio_dim), dtype=np.float32)
+    return {"image": jnp.asarray(image), "text": jnp.asarray(text, jnp.int32),
+            "proprio": jnp.asarray(proprio)}
 
 
 # Big presets: a ViT image encoder (ViT-B / ViT-L / SigLIP-so400m sized) plus a trunk sized so

@@ -112,7 +112,8 @@ class _Attention(nnx.Module):
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     ctx = jnp.einsum("bhqt,bthk->bqhk", probs, v)
-    return jnp.einsum("bqhk,hkd->bqd", ctx, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
+    out = jnp.einsum("bqhk,hkd->bqd", ctx, self.out[...].astype(dt))
+    return out + self.out_bias[...].astype(dt)
 
 
 class _Block(nnx.Module):

@@ -61,7 +61,7 @@ def env_config(config) -> envs.EnvConfig:
   return envs.EnvConfig(
       num_worlds=config.env.num_envs, image_size=config.env.image_size,
       episode_length=config.env.episode_length, action_horizon=horizon,
-      impl=config.env.impl, max_text_len=preset.max_text_len)
+      impl=config.env.impl)
 
 
 def model_config(config, env: envs.TabletopEnv) -> models.VLAConfig:

@@ -48,8 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.env = ml_collections.ConfigDict()
   config.env.task = "touch_cube"
-  config.env.num_envs = 64
-  config.env.episode_length = 24
+  config.env.num_envs = 128
+  config.env.episode_length = 16
   config.env.image_size = 32
   config.env.impl = "warp"
 
@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.rl = ml_collections.ConfigDict()
   config.rl.algo = "ppo"
-  config.rl.rollout_length = 24
+  config.rl.rollout_length = 16
   config.rl.lr = 3e-4
   config.rl.gamma = 0.95
   config.rl.gae_lambda = 0.9

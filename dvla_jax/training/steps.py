@@ -100,7 +100,7 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
     (_, metrics), grads = grad_fn(st.params, graphdef, mb, st.step, rl_config)
     updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
     params = optax.apply_updates(st.params, updates)
-    metrics["learner/grad_norm"] = optax.global_norm(grads)
+    metrics["learner/grad_norm"] = optax.tree.norm(grads)
     return st.replace(params=params, opt_state=opt_state), metrics
 
   def epoch(carry, epoch_rng):
