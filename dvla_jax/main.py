@@ -203,7 +203,10 @@ def main(argv: Sequence[str]) -> None:
   from dvla_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   logging.info("workdir %s, config:\n%s", _WORKDIR.value, config)
-  final = trainer.train(config, _WORKDIR.value)
+  try:
+    final = trainer.train(config, _WORKDIR.value)
+  except config_check.ConfigError as e:  # A placement the devices present cannot hold.
+    _fail(str(e))
   logging.info("final metrics: %s", final)
 
 

@@ -1,23 +1,45 @@
-"""MJX tabletop tasks: scenes, batch rendering, the registry and brax training wrappers."""
+"""MJX tabletop tasks: scenes, batch rendering, the LIBERO-style suite, experts and registry."""
 
+from dvla_jax.envs.experts import evaluate_expert
+from dvla_jax.envs.experts import expert_table
 from dvla_jax.envs.mjx_env import EnvConfig
 from dvla_jax.envs.mjx_env import State
 from dvla_jax.envs.mjx_env import TabletopEnv
 from dvla_jax.envs.registry import UnknownTaskError
 from dvla_jax.envs.registry import check_task
+from dvla_jax.envs.registry import default_config
+from dvla_jax.envs.registry import describe
+from dvla_jax.envs.registry import list_suites
 from dvla_jax.envs.registry import list_tasks
 from dvla_jax.envs.registry import make
+from dvla_jax.envs.registry import make_multi
 from dvla_jax.envs.registry import refresh_reset_states
+from dvla_jax.envs.registry import suite_tasks
+from dvla_jax.envs.registry import task_suite
 from dvla_jax.envs.registry import wrap_for_training
+from dvla_jax.envs.suite import SuiteEnv
+from dvla_jax.envs.tasks import TASKS
+from dvla_jax.envs.tasks import TaskSpec
 
 __all__ = [
     "EnvConfig",
     "State",
+    "SuiteEnv",
+    "TASKS",
     "TabletopEnv",
+    "TaskSpec",
     "UnknownTaskError",
     "check_task",
+    "default_config",
+    "describe",
+    "evaluate_expert",
+    "expert_table",
+    "list_suites",
     "list_tasks",
     "make",
+    "make_multi",
     "refresh_reset_states",
+    "suite_tasks",
+    "task_suite",
     "wrap_for_training",
 ]

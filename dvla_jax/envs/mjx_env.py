@@ -28,15 +28,17 @@ State = brax_base.State
 # Warp prints a line per compiled kernel module otherwise.
 warp.config.quiet = True
 
-# Contacts allocated per world. MJX Warp's `naconmax` is a total over all worlds, and contacts
-# beyond it are silently dropped, so this is generous for a handful of objects.
-_CONTACTS_PER_WORLD = 64
-_CONSTRAINTS_PER_WORLD = 160
+# Depth images are divided by this many metres (and clipped to [0, 1]).
+DEPTH_SCALE = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
   """Settings shared by every tabletop task.
+
+  Fields left at None take the task's own default (`TabletopEnv.defaults`): the two-finger
+  tasks need a finer timestep and longer episodes than `touch_cube`. `env.config` is always
+  the resolved copy.
 
   Attributes:
     num_worlds: batch size the renderer is built for (the vmapped batch must match).
@@ -47,22 +49,29 @@ class EnvConfig:
     substeps: physics steps per control step.
     timestep: physics timestep in seconds.
     max_delta: metres the gripper target may move per control step at action 1.0.
-    max_text_len: instruction token length.
+    max_text_len: instruction token length; raised to fit the task's longest instruction.
     impl: MJX implementation ("warp" or "jax"; only warp can render).
     dense_reward: add the shaped distance-progress reward to the sparse success reward.
+    render: draw camera images; when False `obs["image"]` is all zeros (same shape).
+    depth: also return `obs["depth"]`, float32 [cameras, S, S, 1], metres / DEPTH_SCALE.
   """
 
   num_worlds: int = 16
   image_size: int = 32
   cameras: tuple[str, ...] = ("front",)
-  episode_length: int = 16
+  episode_length: int | None = None
   action_horizon: int = 2
-  substeps: int = 2
-  timestep: float = 0.02
-  max_delta: float = 0.05
+  substeps: int | None = None
+  timestep: float | None = None
+  max_delta: float | None = None
   max_text_len: int = 24
   impl: str = "warp"
   dense_reward: bool = True
+  render: bool = True
+  depth: bool = False
+
+  def replace(self, **changes) -> "EnvConfig":
+    return dataclasses.replace(self, **changes)
 
 
 class TabletopEnv(brax_base.Env):
@@ -70,19 +79,23 @@ class TabletopEnv(brax_base.Env):
 
   objects: tuple[scene.ObjectSpec, ...] = ()
   action_dim = 3  # Gripper target deltas in x, y, z.
+  proprio_dim = 6
+  # Task defaults for the EnvConfig fields left at None.
+  defaults = {"episode_length": 16, "substeps": 2, "timestep": 0.02, "max_delta": 0.05}
+  # Contacts allocated per world. MJX Warp's `naconmax` is a total over all worlds, and
+  # contacts beyond it are silently dropped, so this is generous for a handful of objects.
+  contacts_per_world = 64
+  constraints_per_world = 160
+  workspace = (scene.WORKSPACE_LOW, scene.WORKSPACE_HIGH)
 
   def __init__(self, config: EnvConfig):
-    if config.num_worlds < 1:
-      raise ValueError(f"num_worlds={config.num_worlds}; allowed: >= 1")
-    if not 16 <= config.image_size <= 256:
-      raise ValueError(f"image_size={config.image_size}; allowed: 16..256")
-    if config.episode_length < 1 or config.action_horizon < 1 or config.substeps < 1:
-      raise ValueError("episode_length, action_horizon and substeps must be >= 1")
-    if config.impl not in ("warp", "jax"):
-      raise ValueError(f"impl={config.impl!r}; allowed: 'warp', 'jax'")
+    config = self.default_config(config)
     self.config = config
-    self.mj_model = mujoco.MjModel.from_xml_string(
-        scene.tabletop_xml(list(self.objects), config.image_size, config.timestep))
+    self.mj_model = mujoco.MjModel.from_xml_string(self._scene_xml(config))
+    names = [self.mj_model.camera(i).name for i in range(self.mj_model.ncam)]
+    for cam in config.cameras:
+      if cam not in names:
+        raise ValueError(f"EnvConfig.cameras: unknown camera {cam!r}; allowed: {', '.join(names)}")
     self.mjx_model = _quiet_solver(mjx.put_model(self.mj_model, impl=config.impl))
     self._home = self.mj_model.key("home")
     self._gripper_body = self.mj_model.body("gripper").id
@@ -92,17 +105,41 @@ class TabletopEnv(brax_base.Env):
         [self.mj_model.jnt_qposadr[self.mj_model.joint(f"{o.name}_free").id] for o in self.objects])
     self._camera_ids = [self.mj_model.camera(c).id for c in config.cameras]
     self._render_ctx = None
-    if config.impl == "warp":
+    if config.impl == "warp" and config.render:
       # The context object owns the Warp buffers: keep it alive as long as the env.
       self._render_context = mjx.create_render_context(
           mjm=self.mj_model, nworld=config.num_worlds,
           cam_res=(config.image_size, config.image_size), use_textures=False,
-          use_shadows=False, render_rgb=True, render_depth=False,
+          use_shadows=False, render_rgb=True, render_depth=config.depth,
           cam_active=[i in self._camera_ids for i in range(self.mj_model.ncam)],
           enabled_geom_groups=[0, 1, 2])
       self._render_ctx = self._render_context.pytree()
-    self._instructions = np.stack(
-        [tokenizer.encode(t, config.max_text_len) for t in self.instruction_table()])
+    table = self.instruction_table()
+    # Never truncate: two instructions sharing a prefix would become the same tokens.
+    self.text_len = max(config.max_text_len, max(len(t.encode("utf-8")) for t in table) + 2)
+    self._instructions = np.stack([tokenizer.encode(t, self.text_len) for t in table])
+
+  @classmethod
+  def default_config(cls, config: EnvConfig | None = None, **changes) -> EnvConfig:
+    """`config` (or EnvConfig()) with `changes` applied, None fields set to the task defaults.
+
+    Raises:
+      ValueError: one line naming the first impossible field and its allowed range.
+    """
+    config = (config or EnvConfig()).replace(**changes)
+    config = config.replace(**{k: v for k, v in cls.defaults.items()
+                               if getattr(config, k) is None})
+    _check_config(config)
+    return config
+
+  @property
+  def sys(self) -> mjx.Model:
+    """The MJX model (brax's name for it: DomainRandomizationVmapWrapper swaps it per world)."""
+    return self.mjx_model
+
+  @sys.setter
+  def sys(self, model: mjx.Model):
+    self.mjx_model = model
 
   # -- Task hooks ---------------------------------------------------------------------------
 
@@ -110,32 +147,55 @@ class TabletopEnv(brax_base.Env):
     """All instruction strings the task can issue; `info["instruction"]` indexes this list."""
     raise NotImplementedError
 
+  def _scene_xml(self, config: EnvConfig) -> str:
+    return scene.tabletop_xml(list(self.objects), config.image_size, config.timestep)
+
   def _sample_episode(self, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (object qpos [num_objects, 7], task info) for a fresh episode."""
     raise NotImplementedError
+
+  def _init_data(self, data: mjx.Data, info: dict[str, Any]) -> mjx.Data:
+    """Sets whatever else the episode's layout needs (e.g. mocap targets) before forward."""
+    del info
+    return data
 
   def _evaluate(self, data: mjx.Data, info: dict[str, Any]):
     """Returns (success bool, distance-to-goal f32, extra metrics) for a state."""
     raise NotImplementedError
 
+  def _control(self, ctrl: jax.Array, action: jax.Array) -> jax.Array:
+    """The actuator targets after one control step's action [D] in [-1, 1]."""
+    lo, hi = (jnp.asarray(w) for w in self.workspace)
+    return jnp.clip(ctrl + action * self.config.max_delta, lo, hi)
+
+  def _proprio(self, data: mjx.Data) -> jax.Array:
+    return jnp.concatenate([data.site_xpos[self._tcp_site], data.ctrl])
+
+  def _render_model(self, info: dict[str, Any]) -> mjx.Model:
+    """The model the renderer draws with (a task may recolour geoms per world)."""
+    del info
+    return self.mjx_model
+
   # -- brax Env interface -------------------------------------------------------------------
 
   def reset(self, rng: jax.Array) -> State:
     layout_rng, info_rng = jax.random.split(rng)
-    obj_qpos, info = self._sample_episode(layout_rng)
+    return self._start(*self._sample_episode(layout_rng), info_rng)
+
+  def _start(self, obj_qpos: jax.Array, info: dict[str, Any], rng: jax.Array) -> State:
+    """The first state of an episode laid out by `_sample_episode`'s (obj_qpos, info)."""
     qpos = jnp.asarray(self._home.qpos, jnp.float32)
     for i, adr in enumerate(self._object_qadr):
       qpos = qpos.at[adr:adr + 7].set(obj_qpos[i])
     data = mjx.make_data(self.mj_model, impl=self.config.impl,
-                         naconmax=self.config.num_worlds * _CONTACTS_PER_WORLD,
-                         njmax=_CONSTRAINTS_PER_WORLD)
+                         naconmax=self.config.num_worlds * self.contacts_per_world,
+                         njmax=self.constraints_per_world)
     data = data.replace(qpos=qpos, ctrl=jnp.asarray(self._home.ctrl, jnp.float32))
-    data = mjx.forward(self.mjx_model, data)
+    data = mjx.forward(self.mjx_model, self._init_data(data, info))
     success, dist, extra = self._evaluate(data, info)
-    info = {"task": dict(info, prev_dist=dist), "rng": info_rng,
+    info = {"task": dict(info, prev_dist=dist), "rng": rng,
             "success": jnp.zeros((), jnp.float32)}
-    data, image = self._render(data)
-    obs = self._observe(data, image, info)
+    data, obs = self._observe(data, info)
     metrics = {"success": jnp.zeros(()), "distance": dist, **extra}
     return State(pipeline_state=data, obs=obs, reward=jnp.zeros(()), done=jnp.zeros(()),
                  metrics=metrics, info=info)
@@ -144,13 +204,10 @@ class TabletopEnv(brax_base.Env):
     """Executes one action chunk `action` [H, D] in [-1, 1]."""
     action = jnp.clip(jnp.reshape(action, (self.config.action_horizon, self.action_dim)), -1, 1)
     task = state.info["task"]
-    lo = jnp.asarray(scene.WORKSPACE_LOW)
-    hi = jnp.asarray(scene.WORKSPACE_HIGH)
 
     def control_step(carry, a):
       data, reached = carry
-      ctrl = jnp.clip(data.ctrl + a * self.config.max_delta, lo, hi)
-      data = data.replace(ctrl=ctrl)
+      data = data.replace(ctrl=self._control(data.ctrl, a))
       data = jax.lax.fori_loop(
           0, self.config.substeps, lambda _, d: mjx.step(self.mjx_model, d), data)
       success, _, _ = self._evaluate(data, task)
@@ -165,8 +222,7 @@ class TabletopEnv(brax_base.Env):
     if self.config.dense_reward:
       reward = reward + 10.0 * (task["prev_dist"] - dist)
     info = dict(state.info, task=dict(task, prev_dist=dist), success=sparse)
-    data, image = self._render(data)
-    obs = self._observe(data, image, info)
+    data, obs = self._observe(data, info)
     metrics = {"success": sparse, "distance": dist, **extra}
     # Success ends the episode; the EpisodeWrapper adds the time limit.
     return state.replace(pipeline_state=data, obs=obs, reward=reward, done=sparse,
@@ -174,9 +230,11 @@ class TabletopEnv(brax_base.Env):
 
   @property
   def observation_size(self) -> dict[str, tuple[int, ...]]:
-    s = self.config.image_size
-    return {"image": (len(self.config.cameras), s, s, 3), "text": (self.config.max_text_len,),
-            "proprio": (self.proprio_dim,)}
+    s, ncam = self.config.image_size, len(self.config.cameras)
+    size = {"image": (ncam, s, s, 3), "text": (self.text_len,), "proprio": (self.proprio_dim,)}
+    if self.config.depth:
+      size["depth"] = (ncam, s, s, 1)
+    return size
 
   @property
   def action_size(self) -> int:
@@ -186,25 +244,30 @@ class TabletopEnv(brax_base.Env):
   def backend(self) -> str:
     return f"mjx-{self.config.impl}"
 
-  proprio_dim = 6
-
   # -- Internals ----------------------------------------------------------------------------
 
-  def _render(self, data: mjx.Data) -> tuple[mjx.Data, jax.Array]:
+  def _render(self, data: mjx.Data, info: dict[str, Any]):
+    """Returns (data, uint8 RGB [ncam, S, S, 3], depth [ncam, S, S, 1] or None)."""
     s, ncam = self.config.image_size, len(self.config.cameras)
+    depth = jnp.zeros((ncam, s, s, 1), jnp.float32) if self.config.depth else None
     if self._render_ctx is None:
-      return data, jnp.zeros((ncam, s, s, 3), jnp.uint8)
-    data = mjx.refit_bvh(self.mjx_model, data, self._render_ctx)
-    rgb, _, data = mjx.render(self.mjx_model, data, self._render_ctx)
-    images = [mjx.get_rgb(self._render_ctx, cam, rgb) for cam in self._camera_ids]
-    image = jnp.stack(images, axis=0)
-    return data, jnp.round(image * 255.0).astype(jnp.uint8)
+      return data, jnp.zeros((ncam, s, s, 3), jnp.uint8), depth
+    model = self._render_model(info)
+    data = mjx.refit_bvh(model, data, self._render_ctx)
+    rgb, raw_depth, data = mjx.render(model, data, self._render_ctx)
+    image = jnp.stack([mjx.get_rgb(self._render_ctx, c, rgb) for c in self._camera_ids])
+    if self.config.depth:
+      depth = jnp.stack([mjx.get_depth(self._render_ctx, c, raw_depth, DEPTH_SCALE)
+                         for c in self._camera_ids])
+    return data, jnp.round(image * 255.0).astype(jnp.uint8), depth
 
-  def _observe(self, data: mjx.Data, image: jax.Array, info: dict[str, Any]) -> dict[str, Any]:
-    tcp = data.site_xpos[self._tcp_site]
-    proprio = jnp.concatenate([tcp, data.ctrl]).astype(jnp.float32)
+  def _observe(self, data: mjx.Data, info: dict[str, Any]) -> tuple[mjx.Data, dict[str, Any]]:
+    data, image, depth = self._render(data, info)
     text = jnp.asarray(self._instructions)[info["task"]["instruction"]]
-    return {"image": image, "text": text, "proprio": proprio}
+    obs = {"image": image, "text": text, "proprio": self._proprio(data).astype(jnp.float32)}
+    if depth is not None:
+      obs["depth"] = depth
+    return data, obs
 
   def expert_action(self, state: State) -> jax.Array:
     """Scripted expert with privileged state: the action chunk [H * D] for one world."""
@@ -216,6 +279,27 @@ class TabletopEnv(brax_base.Env):
 
   def tcp_pos(self, data: mjx.Data) -> jax.Array:
     return data.site_xpos[self._tcp_site]
+
+
+def _check_config(c: EnvConfig) -> None:
+  """Raises ValueError with one line naming the first impossible EnvConfig field."""
+  checks = (
+      ("num_worlds", c.num_worlds >= 1, ">= 1"),
+      ("image_size", 16 <= c.image_size <= 256, "16..256"),
+      ("cameras", len(c.cameras) >= 1 and not isinstance(c.cameras, str),
+       "a non-empty tuple of camera names"),
+      ("episode_length", c.episode_length >= 1, ">= 1"),
+      ("action_horizon", c.action_horizon >= 1, ">= 1"),
+      ("substeps", c.substeps >= 1, ">= 1"),
+      ("timestep", 0 < c.timestep <= 0.05, "(0, 0.05]"),
+      ("max_delta", 0 < c.max_delta <= 0.2, "(0, 0.2]"),
+      ("max_text_len", c.max_text_len >= 2, ">= 2"),
+      ("impl", c.impl in ("warp", "jax"), "'warp' or 'jax'"),
+      ("depth", not (c.depth and c.impl != "warp"), "False unless impl='warp'"),
+  )
+  for field, ok, allowed in checks:
+    if not ok:
+      raise ValueError(f"EnvConfig.{field}={getattr(c, field)!r}; allowed: {allowed}")
 
 
 def _quiet_solver(mx: mjx.Model) -> mjx.Model:

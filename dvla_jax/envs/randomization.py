@@ -2,9 +2,9 @@
 
 brax's `DomainRandomizationVmapWrapper` vmaps the env over a batched physics model: every world
 gets its own copy of the randomised fields (`in_axes=0`) and shares the rest (`in_axes=None`).
-brax swaps that model in through the env's `sys` attribute; `TabletopEnv` steps and renders
-`self.mjx_model` instead, so `_RandomizedVmapWrapper` swaps that attribute. The swap happens
-while the env is traced (inside `jit`), so the compiled step reads the per-world fields.
+brax swaps that model in through the env's `sys` attribute, which `TabletopEnv` maps onto the
+`mjx_model` it steps and renders. The swap happens while the env is traced (inside `jit`), so
+the compiled step reads the per-world fields.
 
 Measured with MJX Warp on CPU (mujoco-mjx 3.17, warp-lang 1.19): stepping and the batch
 renderer both accept per-world `geom_friction`, `body_mass`/`body_inertia`, `geom_rgba`,
@@ -24,8 +24,8 @@ Example:
   state = venv.reset(jax.random.split(jax.random.key(1), env.config.num_worlds))
 """
 
-import contextlib
 import dataclasses
+import functools
 from typing import Any
 
 from brax.envs.wrappers import training as brax_wrappers
@@ -137,25 +137,6 @@ def randomization_fn(mjx_model, rng: jax.Array, num_worlds: int, mj_model: mujoc
   return batched, in_axes
 
 
-class _RandomizedVmapWrapper(brax_wrappers.DomainRandomizationVmapWrapper):
-  """brax's DR wrapper for envs that keep their physics model in `mjx_model`, not `sys`."""
-
-  def __init__(self, env, batched_model, in_axes):
-    # brax's constructor reads `env.sys`, which TabletopEnv does not have.
-    brax_wrappers.Wrapper.__init__(self, env)  # pylint: disable=non-parent-init-called
-    self._sys_v, self._in_axes = batched_model, in_axes
-
-  @contextlib.contextmanager
-  def v_env_fn(self, new_sys):
-    env = self.env.unwrapped
-    old = env.mjx_model
-    try:
-      env.mjx_model = new_sys
-      yield env
-    finally:
-      env.mjx_model = old
-
-
 def wrap_for_training_randomized(env: mjx_env.TabletopEnv, rng: jax.Array,
                                  config: RandomizationConfig = RandomizationConfig()):
   """`registry.wrap_for_training` with a randomised physics model per world.
@@ -171,9 +152,9 @@ def wrap_for_training_randomized(env: mjx_env.TabletopEnv, rng: jax.Array,
   Returns:
     The batched, time-limited, auto-resetting env (brax wrappers).
   """
-  batched, in_axes = randomization_fn(env.mjx_model, rng, env.config.num_worlds, env.mj_model,
-                                      config)
-  venv = _RandomizedVmapWrapper(env, batched, in_axes)
+  draw = functools.partial(randomization_fn, rng=rng, num_worlds=env.config.num_worlds,
+                           mj_model=env.mj_model, config=config)
+  venv = brax_wrappers.DomainRandomizationVmapWrapper(env, draw)
   venv = brax_wrappers.EpisodeWrapper(venv, env.config.episode_length, action_repeat=1)
   return registry.AutoResetWrapper(venv)
 

@@ -1,18 +1,26 @@
-"""Task registry: names -> constructors, plus the standard training wrappers."""
+"""Task registry: names -> constructors, suites, plus the standard training wrappers."""
 
 import difflib
-from typing import Callable
+import functools
+from typing import Callable, Sequence
 
 from brax.envs.wrappers import training as brax_wrappers
 import jax
 import jax.numpy as jnp
 
 from dvla_jax.envs import mjx_env
+from dvla_jax.envs import suite
+from dvla_jax.envs import tasks
 from dvla_jax.envs import touch
 
-_TASKS: dict[str, tuple[Callable[[mjx_env.EnvConfig], mjx_env.TabletopEnv], str]] = {
-    "touch_cube": (touch.TouchCube, "touch the red/green/blue cube named in the instruction"),
+_Ctor = Callable[[mjx_env.EnvConfig], mjx_env.TabletopEnv]
+_TASKS: dict[str, tuple[_Ctor, type[mjx_env.TabletopEnv], str, str]] = {
+    "touch_cube": (touch.TouchCube, touch.TouchCube, "",
+                   "touch the red/green/blue cube named in the instruction (palm gripper)"),
 }
+for _spec in tasks.TASKS:
+  _TASKS[_spec.name] = (functools.partial(suite.SuiteEnv, task_names=(_spec.name,)),
+                        suite.SuiteEnv, _spec.suite, _spec.description)
 
 
 class UnknownTaskError(KeyError):
@@ -27,8 +35,26 @@ def list_tasks() -> list[str]:
   return sorted(_TASKS)
 
 
+def list_suites() -> list[str]:
+  """The LIBERO-style suites: spatial, object, goal, long."""
+  return list(tasks.SUITES)
+
+
+def suite_tasks(suite_name: str) -> list[str]:
+  """Task names of one suite (ValueError naming the suites if unknown)."""
+  return tasks.suite_tasks(suite_name)
+
+
 def describe(name: str) -> str:
-  return _TASKS[name][1]
+  """One line saying what task `name` asks for."""
+  check_task(name)
+  return _TASKS[name][3]
+
+
+def task_suite(name: str) -> str:
+  """The suite `name` belongs to, or "" for a stand-alone task."""
+  check_task(name)
+  return _TASKS[name][2]
 
 
 def check_task(name: str) -> None:
@@ -38,10 +64,46 @@ def check_task(name: str) -> None:
     raise UnknownTaskError(f"unknown task {name!r}; closest: {', '.join(close)}")
 
 
-def make(name: str, config: mjx_env.EnvConfig) -> mjx_env.TabletopEnv:
-  """Builds the single-world env `name` (see `wrap_for_training` for the batched one)."""
+def default_config(name: str, config: mjx_env.EnvConfig | None = None,
+                   **changes) -> mjx_env.EnvConfig:
+  """`config` (default EnvConfig()) with `changes`, None fields set to task `name`'s defaults.
+
+  Raises:
+    UnknownTaskError: `name` is not registered.
+    ValueError: a field is out of range (one line naming it).
+  """
   check_task(name)
-  return _TASKS[name][0](config)
+  config = (config or mjx_env.EnvConfig()).replace(**changes)
+  if name in tasks.BY_NAME and config.episode_length is None:
+    config = config.replace(episode_length=tasks.BY_NAME[name].episode_length)
+  return _TASKS[name][1].default_config(config)
+
+
+def make(name: str, config: mjx_env.EnvConfig | None = None) -> mjx_env.TabletopEnv:
+  """Builds the single-world env `name` (see `wrap_for_training` for the batched one).
+
+  Args:
+    name: a registered task.
+    config: env settings; None fields (or config=None) take the task's defaults.
+
+  Returns:
+    The env; `env.config` is the resolved config.
+  """
+  return _TASKS[name][0](default_config(name, config))
+
+
+def make_multi(names: Sequence[str], config: mjx_env.EnvConfig | None = None) -> suite.SuiteEnv:
+  """One env that runs several suite tasks: each episode draws one of `names` per world.
+
+  All suite tasks share a scene, so this compiles once for a whole suite, e.g.
+  `make_multi(suite_tasks("goal"), config)`; the episode limit is the longest task's.
+  """
+  for name in names:
+    check_task(name)
+    if name not in tasks.BY_NAME:
+      raise ValueError(f"{name!r} is not a suite task; make_multi takes: "
+                       f"{', '.join(t.name for t in tasks.TASKS)}")
+  return suite.SuiteEnv(config or mjx_env.EnvConfig(), names)
 
 
 class AutoResetWrapper(brax_wrappers.AutoResetWrapper):

@@ -14,6 +14,8 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.95, 0.85, 0.1),
     "purple": (0.6, 0.1, 0.8),
     "orange": (1.0, 0.5, 0.0),
+    "cyan": (0.1, 0.85, 0.9),
+    "white": (0.95, 0.95, 0.95),
 }
 
 TABLE_HALF = 0.3  # Half-width of the square table top, metres.
@@ -31,16 +33,22 @@ class ObjectSpec:
   shape: str = "box"  # "box", "sphere" or "cylinder"
   half_size: float = 0.03
   mass: float = 0.1
+  half_height: float | None = None  # Boxes and cylinders only; defaults to half_size.
+
+  @property
+  def height(self) -> float:
+    """Half the object's height: its centre's height when it rests on the table."""
+    return self.half_size if self.half_height is None else self.half_height
 
 
 def _geom_size(spec: ObjectSpec) -> str:
-  h = spec.half_size
+  h, z = spec.half_size, spec.height
   if spec.shape == "box":
-    return f"{h} {h} {h}"
+    return f"{h} {h} {z}"
   if spec.shape == "sphere":
     return f"{h}"
   if spec.shape == "cylinder":
-    return f"{h} {h}"
+    return f"{h} {z}"
   raise ValueError(f"unknown shape {spec.shape!r}; allowed: box, sphere, cylinder")
 
 
@@ -162,7 +170,7 @@ def suite_xml(objects: list[ObjectSpec], num_pads: int, image_size: int = 32,
   for i, spec in enumerate(objects):
     r, g, b = COLOURS[spec.colour]
     bodies.append(
-        f'<body name="{spec.name}" pos="{-0.15 + 0.1 * i} 0.15 {spec.half_size}">'
+        f'<body name="{spec.name}" pos="{-0.15 + 0.1 * i} 0.15 {spec.height}">'
         f'<freejoint name="{spec.name}_free"/>'
         f'<geom name="{spec.name}_geom" type="{spec.shape}" size="{_geom_size(spec)}" '
         f'rgba="{r} {g} {b} 1" mass="{spec.mass}" class="object"/></body>')
@@ -172,17 +180,16 @@ def suite_xml(objects: list[ObjectSpec], num_pads: int, image_size: int = 32,
         f'<body name="pad{i}" mocap="true" pos="{-0.15 + 0.3 * i} -0.15 0.0005">'
         f'<geom name="pad{i}_geom" type="cylinder" size="{PAD_RADIUS} 0.0005" '
         f'rgba="0.5 0.5 0.5 1" contype="0" conaffinity="0"/></body>')
-  pad_qpos = ""
-  obj_qpos = " ".join(f"{-0.15 + 0.1 * i} 0.15 {s.half_size} 1 0 0 0"
+  obj_qpos = " ".join(f"{-0.15 + 0.1 * i} 0.15 {s.height} 1 0 0 0"
                       for i, s in enumerate(objects))
-  del pad_qpos
   finger = (f'type="box" size="{fx} {fy} {fz}" pos="0 0 {FINGER_CENTRE_Z}" '
             f'material="finger_mat" mass="0.05" class="gripper"')
   y0 = FINGER_INNER_OPEN + fy
   return f"""
 <mujoco model="dvla_suite">
   <compiler angle="radian"/>
-  <option timestep="{timestep}" iterations="{iterations}" ls_iterations="{ls_iterations}">
+  <option timestep="{timestep}" iterations="{iterations}" ls_iterations="{ls_iterations}"
+          impratio="10">
     <flag warmstart="enable"/>
   </option>
   <visual><global offwidth="{max(image_size, 64)}" offheight="{max(image_size, 64)}"/></visual>
@@ -202,8 +209,8 @@ def suite_xml(objects: list[ObjectSpec], num_pads: int, image_size: int = 32,
   </asset>
   <worldbody>
     <light name="key" pos="0.3 -0.3 1.5" dir="-0.2 0.2 -1" directional="true" diffuse="0.8 0.8 0.8"/>
-    <camera name="front" pos="0 -0.52 0.62" xyaxes="1 0 0 0 0.77 0.64" fovy="48"/>
-    <camera name="top" pos="0 0 0.9" xyaxes="1 0 0 0 1 0" fovy="40"/>
+    <camera name="front" pos="0 -0.43 0.47" xyaxes="1 0 0 0 0.74 0.67" fovy="45"/>
+    <camera name="top" pos="0 0 0.75" xyaxes="1 0 0 0 1 0" fovy="38"/>
     <geom name="floor" type="plane" size="1 1 0.1" pos="0 0 -0.3" material="floor_mat"
           contype="0" conaffinity="0"/>
     <geom name="table" type="box" size="{TABLE_HALF} {TABLE_HALF} 0.02" pos="0 0 -0.02"
@@ -218,7 +225,7 @@ def suite_xml(objects: list[ObjectSpec], num_pads: int, image_size: int = 32,
       <geom name="palm" type="box" size="0.02 {y0 + fy} 0.008" pos="0 0 {FINGER_CENTRE_Z + fz + 0.008}"
             material="gripper_mat" mass="0.4" class="gripper"/>
       <site name="tcp" pos="0 0 0" size="0.005"/>
-      <camera name="wrist" pos="0 -0.09 0.09" xyaxes="1 0 0 0 0.6 0.8" fovy="70"/>
+      <camera name="wrist" pos="0 0 0.035" xyaxes="1 0 0 0 1 0" fovy="80"/>
       <body name="finger_l" pos="0 {y0} 0" gravcomp="1">
         <joint name="fl" type="slide" axis="0 -1 0" range="0 {FINGER_TRAVEL}" damping="5"/>
         <geom name="finger_l_geom" {finger}/>

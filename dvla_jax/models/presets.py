@@ -2,7 +2,8 @@
 
 A preset is a `VLAConfig`; `get_preset("small", action_horizon=4)` returns it with fields
 replaced. The large presets land within 5% of their nominal parameter counts
-(`python -m dvla_jax.models --list` prints the exact numbers).
+(`python -m dvla_jax.models --list` prints the exact numbers); `1t` exists for the memory
+planner, which only ever traces it abstractly.
 """
 
 import dataclasses
@@ -38,6 +39,11 @@ class VLAConfig:
     dtype: compute dtype, "float32" or "bfloat16"; logits and values are always float32.
     param_dtype: parameter storage dtype.
     remat: rematerialise trunk blocks in the backward pass (saves activation memory).
+    action_prior_std: initial width (in normalised action units, [-1, 1]) of the ordinal prior
+      added to the action logits: each action token's logits are free logits plus
+      -(c_k - mu)^2 / (2 sigma^2) over the bin centres c_k, with mu and log sigma predicted per
+      token. It gives the 256 bins an order, so policy gradients move probability to
+      neighbouring bins instead of one bin at a time. 0 disables it (free logits only).
     vit_width: image encoder width (used when `vit_depth` > 0).
     vit_depth: image encoder blocks; 0 embeds patches straight into the trunk.
     vit_num_heads: image encoder attention heads.
@@ -60,6 +66,7 @@ class VLAConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  action_prior_std: float = 0.5
   vit_width: int = 0
   vit_depth: int = 0
   vit_num_heads: int = 1
@@ -73,6 +80,8 @@ class VLAConfig:
         raise ValueError(f"VLAConfig.{name} must be >= 1, got {getattr(self, name)}")
     if self.max_text_len < 2:
       raise ValueError(f"VLAConfig.max_text_len must be >= 2, got {self.max_text_len}")
+    if self.action_prior_std < 0:
+      raise ValueError(f"VLAConfig.action_prior_std must be >= 0, got {self.action_prior_std}")
     if self.num_bins < 2:
       raise ValueError(f"VLAConfig.num_bins must be >= 2, got {self.num_bins}")
     if self.image_size % self.patch_size:
@@ -159,10 +168,14 @@ PRESETS: dict[str, VLAConfig] = {
                     vit_width=1024, vit_depth=24, vit_num_heads=16, vit_mlp_dim=4096),
     "7b": VLAConfig(**_BIG_IMAGE, width=4096, depth=33, num_heads=32, mlp_dim=16384,
                     vit_width=1152, vit_depth=27, vit_num_heads=16, vit_mlp_dim=4304),
+    # For planning only (`tools/plan_memory.py`): a 1T trunk is never allocated here. 192 heads
+    # of 128 and a width of 3 * 2^13 split over tensor and fsdp axes up to 64 and 8192.
+    "1t": VLAConfig(**_BIG_IMAGE, width=24576, depth=138, num_heads=192, mlp_dim=98304,
+                    vit_width=1152, vit_depth=27, vit_num_heads=16, vit_mlp_dim=4304),
 }
 
 # Nominal total parameter counts the large presets are sized for.
-NOMINAL_PARAMS: dict[str, float] = {"base": 3.0e8, "1b": 1.0e9, "7b": 7.0e9}
+NOMINAL_PARAMS: dict[str, float] = {"base": 3.0e8, "1b": 1.0e9, "7b": 7.0e9, "1t": 1.0e12}
 
 
 def get_preset(name: str, **overrides: Any) -> VLAConfig:

@@ -190,6 +190,12 @@ class VLA(nnx.Module):
     self.final_norm = _LayerNorm(c.width, pdt, keys=keys)
     # Heads run in float32 so logits and values keep full precision under bfloat16 compute.
     self.action_head = _Dense(c.width, c.num_bins, (EMBED, BINS), jnp.float32, pdt, keys=keys)
+    if c.action_prior_std > 0:
+      # Starts as a discretised Gaussian N(0, action_prior_std^2) over the bins: the free
+      # logits start small and the prior's mean / log-std head starts at zero.
+      self.action_head.kernel[...] = self.action_head.kernel[...] * 0.01
+      self.action_prior = _Dense(c.width, 2, (EMBED, None), jnp.float32, pdt, keys=keys)
+      self.action_prior.kernel[...] = self.action_prior.kernel[...] * 0.01
     self.value_head = _Dense(c.width, 1, (EMBED, None), jnp.float32, pdt, keys=keys)
 
   def _encode_images(self, image: jax.Array) -> jax.Array:
@@ -244,10 +250,22 @@ class VLA(nnx.Module):
 
     # Only the query outputs are read, so the prefix skips the final norm.
     q = self.final_norm(x[:, -num_queries:].astype(jnp.float32))
-    logits = self.action_head(q[:, :-1]).reshape(
-        batch, c.action_horizon, c.action_dim, c.num_bins)
+    logits = self.action_head(q[:, :-1])
+    if c.action_prior_std > 0:
+      logits = logits + self._ordinal_prior(q[:, :-1])
+    logits = logits.reshape(batch, c.action_horizon, c.action_dim, c.num_bins)
     value = self.value_head(q[:, -1])[:, 0]
     return logits, value
+
+
+  def _ordinal_prior(self, q: jax.Array) -> jax.Array:
+    """[B, N, width] action queries -> [B, N, num_bins] discretised-Gaussian log-weights."""
+    c = self.config
+    out = self.action_prior(q)
+    mu = jnp.tanh(out[..., :1])
+    log_std = jnp.clip(out[..., 1:] + jnp.log(c.action_prior_std), -6.0, 1.0)
+    centres = (jnp.arange(c.num_bins, dtype=jnp.float32) + 0.5) / c.num_bins * 2.0 - 1.0
+    return -0.5 * jnp.square((centres - mu) * jnp.exp(-log_std))
 
 
 def count_params(config: VLAConfig) -> int:

@@ -2,8 +2,17 @@
 
 Parameters carry logical axis names (`dvla_jax.models.LOGICAL_AXES`) in their `out_sharding`
 metadata; a rules mapping (config data) says which mesh axes each name is split over.
+
+Dimensions that do not divide: the sizes a model config chooses (width, heads, head size, MLP
+size, of the trunk and of the ViT) must divide the mesh axes their logical names map to, and
+`check_mesh_divides` says so in one line at start-up; silently replicating a 7B model's MLP
+because `tensor` does not divide it would multiply its memory unnoticed. Dimensions fixed by
+the data rather than the config (the 259-token byte vocabulary, the 256 action bins, a patch's
+pixels, proprio) are small, and `logical_to_pspec` keeps them whole when a mesh axis does not
+divide them.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -14,6 +23,8 @@ from dvla_jax.models import VLA, VLAConfig
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = Mapping[str, MeshAxes]
+
+MeshShape = Mapping[str, int]
 
 # Mesh axes: "data" (pure data parallel), "fsdp" (data parallel with parameters split),
 # "tensor" (tensor parallel inside layers).
@@ -70,6 +81,60 @@ def logical_to_pspec(logical_axes: Sequence[str | None] | None, mesh: Mesh, rule
     used.update(kept)
     spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
   return PartitionSpec(*spec)
+
+
+class MeshDivisionError(ValueError):
+  """A mesh whose axes do not split a model dimension evenly; `str(error)` is one line."""
+
+
+def _split_dims(config: VLAConfig) -> list[tuple[str, str, int]]:
+  """(logical name, config field, size) of every config-chosen dimension a rule may split."""
+  c = config
+  dims = [("embed", "width", c.width), ("heads", "num_heads", c.num_heads),
+          ("kv", "width/num_heads", c.width // c.num_heads), ("mlp", "mlp_dim", c.mlp_dim)]
+  if c.vit_depth:
+    dims += [("embed", "vit_width", c.vit_width), ("heads", "vit_num_heads", c.vit_num_heads),
+             ("kv", "vit_width/vit_num_heads", c.vit_width // c.vit_num_heads),
+             ("mlp", "vit_mlp_dim", c.vit_mlp_dim)]
+  return dims
+
+
+def _divisors(n: int) -> str:
+  found = [d for d in range(1, n + 1) if n % d == 0]
+  return ", ".join(map(str, found[:10])) + (", ..." if len(found) > 10 else "")
+
+
+def check_mesh_divides(config: VLAConfig, mesh_shape: MeshShape | Mesh,
+                       rules: Rules = DEFAULT_RULES, where: str = "mesh") -> None:
+  """Checks that the mesh splits every config-chosen model dimension evenly.
+
+  Call it at start-up, before anything is compiled, for each mesh a model is sharded on.
+
+  Args:
+    config: the model config.
+    mesh_shape: mesh axis name -> size (or a Mesh / AbstractMesh).
+    rules: logical name -> mesh axes.
+    where: how the message names the mesh, e.g. "placement.learner".
+
+  Raises:
+    MeshDivisionError: one line naming the model field, the mesh axes and what is allowed,
+      e.g. "placement.learner (tensor=3) does not divide model num_heads=4 (logical axis
+      'heads'); allowed: tensor in 1, 2, 4".
+  """
+  shape = dict(mesh_shape.shape if hasattr(mesh_shape, "shape") else mesh_shape)
+  for name, field, size in _split_dims(config):
+    target = rules.get(name)
+    if target is None:
+      continue
+    axes = [a for a in ((target,) if isinstance(target, str) else target)
+            if shape.get(a, 1) > 1]
+    split = math.prod(shape[a] for a in axes)
+    if size % split:
+      used = ",".join(f"{a}={shape[a]}" for a in axes)
+      allowed = (f"{axes[0]} in {_divisors(size)}" if len(axes) == 1 else
+                 f"{' * '.join(axes)} in {_divisors(size)}")
+      raise MeshDivisionError(f"{where} ({used}) does not divide model {field}={size} "
+                              f"(logical axis {name!r}); allowed: {allowed}")
 
 
 def logical_to_mesh_sharding(abstract_state, mesh: Mesh, rules: Rules = DEFAULT_RULES):

@@ -1,63 +1,116 @@
-"""The synchronous pipeline: roll out T steps over N envs, then update, then repeat.
+"""The synchronous baseline: roll out one env group for T steps, update, repeat, on one thread.
 
-Every call is one of the compiled functions in `Components`, issued one after another from a
-single thread, so the asynchronous pipeline can be compared with it on equal terms.
+It calls the same stages (`stages.py`), and so the same compiled programs, as the four
+asynchronous lanes, one after another, so async and sync compare on equal terms. Iteration i
+uses env group i mod G; every rollout acts with the newest weights (no staleness). Spans are
+recorded under the lane that would run them, so the sync timeline shows the per-iteration
+time of each lane, the input of the benchmark's bound.
 """
 
-import jax
-import jax.numpy as jnp
+import threading
+from typing import Callable
 
-from dvla_jax import envs
-from dvla_jax import rl
+import jax
+
+from dvla_jax.parallel import Placement
+from dvla_jax.swimlanes import stages as stages_lib
+from dvla_jax.swimlanes.channels import Channel
+from dvla_jax.swimlanes.lanes import FaultPlan
+from dvla_jax.swimlanes.tracing import Tracer
 from dvla_jax.training import steps
 from dvla_jax.training.builders import Components
 
-
-def collect_rollout(comp: Components, params, version: jax.Array, env_state, rng: jax.Array):
-  """Runs `rl.rollout_length` policy steps on every env.
-
-  Args:
-    comp: the run's components.
-    params: the acting policy's parameters.
-    version: int32 scalar, the policy version of `params` (recorded per step).
-    env_state: the batched env state (consumed: the env step donates it).
-    rng: sampling key; step t uses `fold_in(rng, t)`.
-
-  Returns:
-    (env_state after the last step, rollout `Transition` [T, B, ...], rollout metrics).
-  """
-  transitions, successes, returns = [], [], []
-  for t in range(comp.config.rl.rollout_length):
-    out = comp.act(params, env_state.obs, jax.random.fold_in(rng, t))
-    obs = env_state.obs
-    env_state = comp.env_step(env_state, out.actions)
-    transitions.append(rl.Transition(
-        obs=obs, tokens=out.tokens, log_probs=out.log_probs, value=out.value,
-        reward=env_state.reward, done=env_state.done.astype(bool),
-        truncated=env_state.info["truncation"].astype(bool),
-        version=jnp.broadcast_to(version, out.value.shape)))
-    successes.append(env_state.metrics["success"])
-    returns.append(env_state.info["episode_metrics"]["sum_reward"])
-  rollout = _stack(transitions)
-  metrics = steps.rollout_metrics(rollout, _stack(successes), _stack(returns))
-  return env_state, rollout, metrics
+UpdateFn = Callable[[int, steps.TrainState, dict], None]
 
 
-_stack = jax.jit(lambda xs: jax.tree.map(lambda *x: jnp.stack(x), *xs))
+class SyncPipeline:
+  """Runs the stages in sequence; `run` returns the train state when done or stopped."""
 
+  def __init__(self, comp: Components, placement: Placement, tracer: Tracer, rng: jax.Array,
+               faults: FaultPlan = FaultPlan(), poison: stages_lib.Poison = stages_lib.Poison()):
+    """Args:
+      comp: the run's components.
+      placement: the plane meshes.
+      tracer: records spans (a disabled tracer also skips the waits that make spans exact).
+      rng: the training key.
+      faults: test hook (a lane name counts that stage's work as in the async pipeline).
+      poison: test hook (NaN rewards for some updates).
+    """
+    self.comp = comp
+    self.placement = placement
+    self.tracer = tracer
+    self.faults = faults
+    self.sampler = stages_lib.Sampler(comp, placement, rng)
+    self.stages = stages_lib.Stages(comp, placement, rng, poison)
+    self.iteration = 0
+    self.state = None
 
-def iteration(comp: Components, train_state: steps.TrainState, env_state, rng: jax.Array):
-  """One synchronous iteration: fresh reset layouts, a rollout, a PPO update.
+  def _ready(self, x):
+    # Spans are only exact when each stage finishes before the next one starts.
+    return jax.block_until_ready(x) if self.tracer.enabled else x
 
-  Returns:
-    (train_state, env_state, metrics dict of device scalars).
-  """
-  reset_rng, act_rng, update_rng = jax.random.split(rng, 3)
-  # Episodes that finish in this rollout restart from new random layouts.
-  env_state = envs.refresh_reset_states(env_state, comp.reset(reset_rng))
-  env_state, rollout, metrics = collect_rollout(
-      comp, train_state.params, train_state.step, env_state, act_rng)
-  bootstrap = comp.value(train_state.params, env_state.obs)
-  train_state, learner_metrics = comp.update(train_state, rollout, bootstrap, update_rng)
-  metrics.update(learner_metrics)
-  return train_state, env_state, metrics
+  def stats(self) -> dict[str, float]:
+    """Actor-side metrics: the sync actor always acts with the newest weights."""
+    return {"actor/version": float(self.iteration), "actor/version_lag": 0.0}
+
+  def run(self, train_state: steps.TrainState, start: int, total: int, on_update: UpdateFn,
+          stop: threading.Event) -> tuple[steps.TrainState, int]:
+    """Runs iterations start+1 .. total (or until `stop` is set).
+
+    Args:
+      train_state: the learner state (donated to the first update).
+      start: iterations already done.
+      total: the iteration to stop at.
+      on_update: called after every update with (iteration, state, device metrics).
+      stop: checked between iterations (SIGTERM sets it).
+
+    Returns:
+      (train state, iterations done).
+    """
+    comp, tr, st = self.comp, self.tracer, self.stages
+    cfg = comp.config
+    num_groups = len(comp.groups)
+    self.state, self.iteration = train_state, start
+    free = Channel("free slots", 1, stop, cfg.swimlanes.poll_s, cfg.swimlanes.stall_timeout_s)
+    ring = stages_lib.SlotRing(comp, self.placement, 1, free)
+    with tr.span("distribution", "transfer"):
+      params = self._ready(st.distribute(st.snapshot(self.state)))
+    with tr.span("sampling", "reset"):
+      for g in range(num_groups):
+        self._ready(self.sampler.reset(g, round_=start))
+    counts = {"sampling": 0, "inference": 0, "gradient": 0, "distribution": 1}
+    for it in range(start, total):
+      if stop.is_set():
+        break
+      g = it % num_groups
+      version = it
+      slot = ring.acquire()
+      result = self.sampler.current(g)
+      for t in range(cfg.rl.rollout_length):
+        with tr.span("inference", f"act g{g}"):
+          obs = st.to_actor(result).obs
+          out = st.act(params, obs, st.act_key(g, it * cfg.rl.rollout_length + t))
+          actions = self._ready(st.actions_to_sim(out, g))
+        counts["inference"] += 1
+        self.faults.check("inference", counts["inference"])
+        with tr.span("sampling", f"env_step g{g}"):
+          result = self._ready(self.sampler.step(g, actions))
+        counts["sampling"] += 1
+        self.faults.check("sampling", counts["sampling"])
+        with tr.span("inference", f"record g{g}"):
+          slot = self._ready(st.record(slot, t, obs, out, version, st.to_actor(result)))
+      with tr.span("inference", f"bootstrap g{g}"):
+        bootstrap = self._ready(comp.value(params, st.to_actor(result).obs))
+      with tr.span("gradient", f"update {it + 1}"):
+        self.state, metrics = st.learn(self.state, slot, bootstrap, it + 1)
+        self._ready(self.state)
+      ring.release(slot)
+      counts["gradient"] += 1
+      self.faults.check("gradient", counts["gradient"])
+      with tr.span("distribution", f"transfer v{it + 1}"):
+        params = self._ready(st.distribute(st.snapshot(self.state)))
+      counts["distribution"] += 1
+      self.faults.check("distribution", counts["distribution"])
+      self.iteration = it + 1
+      on_update(it + 1, self.state, metrics)
+    return self.state, self.iteration

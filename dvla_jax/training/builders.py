@@ -1,16 +1,19 @@
-"""Builds everything a run needs from a config: env, model, optimizer, compiled functions.
+"""Builds everything a run needs from a config: env groups, model, optimizer, compiled functions.
 
 `build(config)` returns a `Components` bundle whose jitted functions are the only programs a
-pipeline runs; the synchronous loop and the asynchronous lanes both call them.
+pipeline runs; the synchronous loop and the asynchronous lanes both call them. The envs are
+split into `swimlanes.env_groups` groups, each its own env instance (the MJX Warp renderer is
+built for a fixed number of worlds) with its own compiled reset and step.
 """
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from dvla_jax import envs
@@ -19,13 +22,46 @@ from dvla_jax.training import steps
 
 
 @dataclasses.dataclass
+class EnvGroup:
+  """One env instance and its compiled functions.
+
+  Attributes:
+    env: the single-world task env (its `config.num_worlds` is the group's batch size).
+    venv: the batched, auto-resetting env (brax wrappers).
+    reset: jitted `(rng) -> env State` for the whole group; with GRPO, consecutive blocks of
+      `rl.group_size` envs share a layout.
+    env_step: jitted `(env State, actions [B, H*D]) -> env State`.
+  """
+
+  env: envs.TabletopEnv
+  venv: Any
+  reset: Callable
+  env_step: Callable
+
+  def start_rollout(self, state, rng: jax.Array, algo: str):
+    """The env state a new rollout slot starts from.
+
+    PPO keeps episodes running and only makes the ones that finish restart from fresh
+    layouts; GRPO restarts every env, so that each slot holds one first episode per env.
+    """
+    if algo == "grpo":
+      return self.reset(rng)
+    return envs.refresh_reset_states(state, self.reset(rng))
+
+
+@dataclasses.dataclass
 class Components:
   """The env, model and compiled step functions of one run.
+
+  `env`, `venv`, `reset` and `env_step` are those of env group 0 (the whole batch when there
+  is one group).
 
   Attributes:
     config: the run config.
     env: the single-world task env (its `config.num_worlds` is the batch size).
     venv: the batched, auto-resetting env (brax wrappers).
+    groups: the env groups.
+    envs_per_group: B, worlds per group (`env.num_envs / swimlanes.env_groups`).
     model_config: the VLA config, with env-derived sizes filled in.
     graphdef: the model's static graph.
     optimizer: the optax transformation.
@@ -37,6 +73,12 @@ class Components:
     value: jitted `(params, obs) -> [B]`.
     update: jitted `(TrainState, rollout, bootstrap [B], rng) -> (TrainState, metrics)`,
       donating the train state.
+    decoupled: whether `update` scores the rollout under the proximal policy first.
+    write_step: jitted `steps.write_step`, donating the slot.
+    slot_metrics: jitted `steps.slot_metrics`.
+    copy_params: jitted copy of a params tree (a snapshot the next donated update cannot
+      delete).
+    poison: jitted `slot -> slot` with NaN rewards (test hook `testing.nan_from`).
   """
 
   config: Any
@@ -52,14 +94,53 @@ class Components:
   act_greedy: Callable
   value: Callable
   update: Callable
+  groups: list[EnvGroup] = dataclasses.field(default_factory=list)
+  envs_per_group: int = 0
+  decoupled: bool = False
+  write_step: Optional[Callable] = None
+  slot_metrics: Optional[Callable] = None
+  copy_params: Optional[Callable] = None
+  poison: Optional[Callable] = None
+  _eval_group: Optional[EnvGroup] = None
+
+  def obs_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of one step's observations of a group, `[B, ...]`."""
+    state = jax.eval_shape(self.groups[0].reset, jax.random.key(0))
+    return dict(state.obs)
+
+  def empty_slot(self) -> steps.RolloutSlot:
+    """A zero rollout slot `[T, B, ...]` (unjitted; jit it with out_shardings to place it)."""
+    return steps.empty_slot(self.obs_spec(), self.config.rl.rollout_length, self.envs_per_group,
+                            self.model_config.action_horizon, self.model_config.action_dim)
+
+  def eval_group(self, separate: bool) -> EnvGroup:
+    """The env group evaluation runs on: group 0, or (`separate`) an instance of its own.
+
+    The async pipeline keeps every group busy, so its evaluations need their own env.
+    """
+    if not separate:
+      return self.groups[0]
+    if self._eval_group is None:
+      self._eval_group = _make_group(self.config, self.envs_per_group)
+    return self._eval_group
+
+  def for_group(self, group: EnvGroup) -> "Components":
+    """A view whose `env`, `reset`, `env_step` and `config.env.num_envs` are `group`'s.
+
+    `evaluation.evaluate` reads the batch size from `config.env.num_envs`.
+    """
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.env.num_envs = group.env.config.num_worlds
+    return dataclasses.replace(self, config=config, env=group.env, venv=group.venv,
+                               reset=group.reset, env_step=group.env_step)
 
 
-def env_config(config) -> envs.EnvConfig:
-  """The task env settings a run config asks for."""
+def env_config(config, num_worlds: Optional[int] = None) -> envs.EnvConfig:
+  """The task env settings a run config asks for (`num_worlds` default: env.num_envs)."""
   preset = models.get_preset(config.model.preset)
   horizon = config.model.action_horizon or preset.action_horizon
   return envs.EnvConfig(
-      num_worlds=config.env.num_envs, image_size=config.env.image_size,
+      num_worlds=num_worlds or config.env.num_envs, image_size=config.env.image_size,
       episode_length=config.env.episode_length, action_horizon=horizon,
       impl=config.env.impl)
 
@@ -79,16 +160,47 @@ def make_optimizer(rl_config) -> optax.GradientTransformation:
                      optax.adam(rl_config.lr))
 
 
-def build(config) -> Components:
-  """Builds the env, the model graph and the jitted functions of a run (nothing runs yet)."""
-  env = envs.make(config.env.task, env_config(config))
+def _make_group(config, num_worlds: int) -> EnvGroup:
+  env = envs.make(config.env.task, env_config(config, num_worlds))
   venv = envs.wrap_for_training(env)
+  layouts = num_worlds
+  if config.rl.algo == "grpo":
+    layouts = num_worlds // config.rl.group_size
+
+  def reset(rng):
+    keys = jax.random.split(rng, layouts)
+    if layouts != num_worlds:  # GRPO: each group of envs starts from one shared layout.
+      keys = jnp.repeat(keys, num_worlds // layouts, axis=0)
+    # brax's wrappers size their counters from raw uint32 keys, [B, 2].
+    return venv.reset(jax.random.key_data(keys))
+
+  return EnvGroup(env=env, venv=venv, reset=jax.jit(reset), env_step=jax.jit(venv.step))
+
+
+def uses_decoupled_ppo(config) -> bool:
+  """`rl.decoupled`, with "auto" meaning on for the async pipeline only."""
+  if config.rl.decoupled == "auto":
+    return config.pipeline == "async"
+  return config.rl.decoupled == "on"
+
+
+def build(config) -> Components:
+  """Builds the env groups, the model graph and the jitted functions of a run (nothing runs yet).
+
+  Jitted functions follow the shardings of their inputs, so the same programs run on one
+  device or on the plane meshes; the pipelines place the inputs (see
+  `dvla_jax.parallel.Placement`).
+  """
+  num_groups = config.swimlanes.env_groups
+  per_group = config.env.num_envs // num_groups
+  groups = [_make_group(config, per_group) for _ in range(num_groups)]
+  env, venv = groups[0].env, groups[0].venv
   mcfg = model_config(config, env)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.VLA(mcfg, rngs=nnx.Rngs(0))))
   optimizer = make_optimizer(config.rl)
   tokenizer = models.ActionTokenizer([-1.0] * mcfg.action_dim, [1.0] * mcfg.action_dim,
                                      mcfg.num_bins)
-  num_envs = config.env.num_envs
+  decoupled = uses_decoupled_ppo(config)
 
   @jax.jit
   def init_train_state(rng):
@@ -101,12 +213,20 @@ def build(config) -> Components:
   return Components(
       config=config, env=env, venv=venv, model_config=mcfg, graphdef=graphdef,
       optimizer=optimizer, init_train_state=init_train_state,
-      # brax's wrappers size their counters from raw uint32 keys, [B, 2].
-      reset=jax.jit(lambda rng: venv.reset(jax.random.key_data(jax.random.split(rng, num_envs)))),
-      env_step=jax.jit(venv.step),
+      reset=groups[0].reset, env_step=groups[0].env_step,
       act=jax.jit(functools.partial(act_fn, temperature=config.model.temperature)),
       act_greedy=jax.jit(lambda p, o: act_fn(p, o, jax.random.key(0), temperature=0.0)),
       value=jax.jit(functools.partial(steps.value_only, graphdef)),
-      update=jax.jit(functools.partial(steps.update, graphdef, optimizer, rl_config=rl_config),
-                     donate_argnums=0),
+      update=jax.jit(functools.partial(steps.update, graphdef, optimizer, rl_config=rl_config,
+                                       decoupled=decoupled), donate_argnums=0),
+      groups=groups, envs_per_group=per_group, decoupled=decoupled,
+      write_step=jax.jit(steps.write_step, donate_argnums=0),
+      slot_metrics=jax.jit(steps.slot_metrics),
+      copy_params=jax.jit(lambda p: jax.tree.map(jnp.copy, p)),
+      poison=jax.jit(_poison),
   )
+
+
+def _poison(slot: steps.RolloutSlot) -> steps.RolloutSlot:
+  transition = slot.transition
+  return slot.replace(transition=transition.replace(reward=transition.reward * jnp.nan))

@@ -8,6 +8,11 @@ The rules live in one table, `_RULES`, with one entry per field of
 Names that other packages own (task names, model presets) are checked against lists the
 caller passes in, so that this module imports nothing heavy; `registered_tasks` and
 `model_presets` fetch those lists when the packages provide them.
+
+Placements are checked here as far as the config alone allows (explicit device ids, overlap
+when disaggregated, mesh shapes that must divide the batches); whether the devices exist is
+known only once JAX starts, and `dvla_jax.parallel.mesh` reports that through the trainer as
+a `ConfigError` too.
 """
 
 import dataclasses
@@ -83,7 +88,7 @@ _PROBABILITY = _float(ge=0, le=1)
 _RULES: dict[str, _Rule] = {
     "seed": _int(ge=0),
     "mode": _choice("rl"),
-    "pipeline": _choice("sync"),
+    "pipeline": _choice("sync", "async"),
     "env.task": _Rule(str),
     "env.num_envs": _int(ge=1),
     "env.episode_length": _int(ge=1),
@@ -92,7 +97,7 @@ _RULES: dict[str, _Rule] = {
     "model.preset": _Rule(str),
     "model.action_horizon": _int(ge=0),
     "model.temperature": _float(gt=0),
-    "rl.algo": _choice("ppo"),
+    "rl.algo": _choice("ppo", "grpo"),
     "rl.rollout_length": _int(ge=1),
     "rl.lr": _float(gt=0),
     "rl.gamma": _PROBABILITY,
@@ -105,13 +110,43 @@ _RULES: dict[str, _Rule] = {
     "rl.num_minibatches": _int(ge=1),
     "rl.max_grad_norm": _float(gt=0),
     "rl.reward_scale": _float(gt=0),
+    "rl.decoupled": _choice("auto", "on", "off"),
+    "rl.behaviour_weight_cap": _float(ge=0),
+    "rl.max_staleness": _int(ge=-1),
+    "rl.group_size": _int(ge=2),
+    "placement.mode": _choice("colocated", "disaggregated"),
+    "placement.sim.devices": _int(ge=1),
+    "placement.sim.device_ids": _Rule(str),
+    "placement.actor.data": _int(ge=1),
+    "placement.actor.fsdp": _int(ge=1),
+    "placement.actor.tensor": _int(ge=1),
+    "placement.actor.device_ids": _Rule(str),
+    "placement.learner.data": _int(ge=1),
+    "placement.learner.fsdp": _int(ge=1),
+    "placement.learner.tensor": _int(ge=1),
+    "placement.learner.device_ids": _Rule(str),
+    "swimlanes.env_groups": _int(ge=1),
+    "swimlanes.num_slots": _int(ge=0),
+    "swimlanes.queue_size": _int(ge=1),
+    "swimlanes.poll_s": _float(gt=0, le=1),
+    "swimlanes.stall_timeout_s": _float(gt=0),
+    "swimlanes.trace": _Rule(bool),
+    "swimlanes.trace_max_spans": _int(ge=0),
     "train.iterations": _int(ge=1),
     "train.log_every": _int(ge=1),
     "train.eval_every": _int(ge=1),
     "train.eval_episodes": _int(ge=1),
+    "train.eval_greedy": _Rule(bool),
     "train.checkpoint_every": _int(ge=1),
     "train.keep_checkpoints": _int(ge=1),
+    "train.max_bad_updates": _int(ge=1),
+    "testing.fault_lane": _choice("", "sampling", "inference", "gradient", "distribution"),
+    "testing.fault_after": _int(ge=0),
+    "testing.nan_from": _int(ge=-1),
+    "testing.nan_count": _int(ge=1),
 }
+
+PLANES = ("sim", "actor", "learner")
 
 
 def field_paths() -> tuple[str, ...]:
@@ -189,16 +224,114 @@ def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = Non
   if not flat["env.task"]:
     raise ConfigError("env.task='' is empty; allowed: a registered task name")
 
-  batch = flat["env.num_envs"] * flat["rl.rollout_length"]
-  if batch % flat["rl.num_minibatches"]:
-    divisors = [d for d in range(1, batch + 1) if batch % d == 0]
-    raise ConfigError(
-        f"rl.num_minibatches={flat['rl.num_minibatches']} does not divide "
-        f"env.num_envs * rl.rollout_length = {batch}; allowed: "
-        f"{', '.join(map(str, divisors[:12]))}{', ...' if len(divisors) > 12 else ''}")
+  _check_batches(flat)
+  _check_placement(flat)
 
   _check_name("env.task", flat["env.task"], known_tasks)
   _check_name("model.preset", flat["model.preset"], known_presets)
+
+
+def _divisors_text(n: int) -> str:
+  divisors = [d for d in range(1, n + 1) if n % d == 0]
+  return f"{', '.join(map(str, divisors[:12]))}{', ...' if len(divisors) > 12 else ''}"
+
+
+def _check_batches(flat: Mapping[str, Any]) -> None:
+  """Env groups, learner batches and GRPO groups must split evenly."""
+  groups = flat["swimlanes.env_groups"]
+  if flat["pipeline"] == "async" and groups < 2:
+    raise ConfigError(f"swimlanes.env_groups={groups} with pipeline='async'; allowed: int >= 2 "
+                      "(one group simulates while another is in inference)")
+  if flat["env.num_envs"] % groups:
+    raise ConfigError(f"swimlanes.env_groups={groups} does not divide env.num_envs="
+                      f"{flat['env.num_envs']}; allowed: {_divisors_text(flat['env.num_envs'])}")
+  per_group = flat["env.num_envs"] // groups
+  slots = flat["swimlanes.num_slots"]
+  if slots and slots < groups + (flat["pipeline"] == "async"):
+    raise ConfigError(f"swimlanes.num_slots={slots} too few for {groups} env groups; allowed: 0 "
+                      f"(automatic) or >= {groups + (flat['pipeline'] == 'async')}")
+  batch = per_group * flat["rl.rollout_length"]
+  if batch % flat["rl.num_minibatches"]:
+    what = ("env.num_envs * rl.rollout_length" if groups == 1 else
+            "env.num_envs / swimlanes.env_groups * rl.rollout_length")
+    raise ConfigError(f"rl.num_minibatches={flat['rl.num_minibatches']} does not divide "
+                      f"{what} = {batch}; allowed: {_divisors_text(batch)}")
+  if flat["rl.algo"] == "grpo":
+    size = flat["rl.group_size"]
+    if per_group % size:
+      raise ConfigError(f"rl.group_size={size} does not divide the envs per env group "
+                        f"({per_group}); allowed: {_divisors_text(per_group)}")
+    if flat["rl.rollout_length"] < flat["env.episode_length"]:
+      raise ConfigError(f"rl.rollout_length={flat['rl.rollout_length']} shorter than "
+                        f"env.episode_length={flat['env.episode_length']} with rl.algo='grpo'; "
+                        "allowed: >= env.episode_length (every env finishes an episode)")
+
+
+def parse_device_ids(path: str, text: str) -> Optional[list[int]]:
+  """Device ids of a `placement.<plane>.device_ids` string; None when it is "" (automatic).
+
+  Raises:
+    ConfigError: the text is not distinct non-negative integers separated by commas.
+  """
+  if not text.strip():
+    return None
+  try:
+    ids = [int(part) for part in text.split(",")]
+  except ValueError:
+    ids = [-1]
+  if min(ids) < 0 or len(set(ids)) != len(ids):
+    raise ConfigError(f"{path}={text!r} is not a list of device ids; allowed: distinct "
+                      "non-negative integers separated by commas, or '' (automatic)")
+  return ids
+
+
+def plane_shape(flat: Mapping[str, Any], plane: str) -> tuple[int, ...]:
+  """Mesh shape of a plane: (devices,) for sim, (data, fsdp, tensor) for actor and learner."""
+  prefix = f"placement.{plane}."
+  if plane == "sim":
+    return (flat[prefix + "devices"],)
+  return tuple(flat[prefix + axis] for axis in ("data", "fsdp", "tensor"))
+
+
+def _check_placement(flat: Mapping[str, Any]) -> None:
+  """Static placement checks; device counts are checked once JAX knows the devices."""
+  explicit = {}
+  for plane in PLANES:
+    path = f"placement.{plane}.device_ids"
+    ids = parse_device_ids(path, flat[path])
+    size = math.prod(plane_shape(flat, plane))
+    if ids is not None:
+      if len(ids) != size:
+        raise ConfigError(f"{path}={flat[path]!r} has {len(ids)} devices but the {plane} mesh "
+                          f"{'x'.join(map(str, plane_shape(flat, plane)))} needs {size}; "
+                          f"allowed: {size} ids")
+      explicit[plane] = ids
+  if flat["placement.mode"] == "disaggregated":
+    for i, a in enumerate(PLANES):
+      for b in PLANES[i + 1:]:
+        common = sorted(set(explicit.get(a, ())) & set(explicit.get(b, ())))
+        if common:
+          raise ConfigError(
+              f"placement.{b}.device_ids shares devices {','.join(map(str, common))} with "
+              f"placement.{a}.device_ids in placement.mode='disaggregated'; allowed: disjoint "
+              "device sets (or placement.mode='colocated')")
+  groups = flat["swimlanes.env_groups"]
+  sim = flat["placement.sim.devices"]
+  if groups % sim:
+    raise ConfigError(f"placement.sim.devices={sim} does not divide swimlanes.env_groups="
+                      f"{groups}; allowed: {_divisors_text(groups)}")
+  per_group = flat["env.num_envs"] // groups
+  actor_batch = flat["placement.actor.data"] * flat["placement.actor.fsdp"]
+  if per_group % actor_batch:
+    raise ConfigError(
+        f"placement.actor.data * placement.actor.fsdp = {actor_batch} does not divide the envs "
+        f"per env group ({per_group}); allowed: a product in {_divisors_text(per_group)}")
+  minibatch = per_group * flat["rl.rollout_length"] // flat["rl.num_minibatches"]
+  learner_batch = flat["placement.learner.data"] * flat["placement.learner.fsdp"]
+  if minibatch % learner_batch:
+    raise ConfigError(
+        f"placement.learner.data * placement.learner.fsdp = {learner_batch} does not divide "
+        f"the minibatch ({minibatch} samples); allowed: a product in {_divisors_text(minibatch)}")
 
 
 def _optional_module(name: str):

@@ -6,10 +6,12 @@ holds the allowed values and is run by `main` before anything is compiled.
 Fields:
   seed: base PRNG seed; every random stream is `fold_in(seed, purpose)`.
   mode: "rl" (PPO fine-tuning).
-  pipeline: "sync" (one rollout, then one update, repeated).
+  pipeline: "sync" (roll out one env group, then update, repeated, on one thread) or "async"
+    (the four swimlanes: sampling, inference, gradient and distribution threads). Both run the
+    same compiled functions.
 
   env.task: a task name from the registry (`python -m dvla_jax.envs --list`).
-  env.num_envs: parallel environments in one batch (N).
+  env.num_envs: parallel environments in total (N), split evenly over the env groups.
   env.episode_length: policy steps per episode (each step executes one action chunk).
   env.image_size: square camera resolution in pixels (32..128).
   env.impl: MJX implementation, "warp" (fast, renders) or "jax".
@@ -18,8 +20,9 @@ Fields:
   model.action_horizon: H, steps per action chunk (0 = the preset's).
   model.temperature: sampling temperature of the action tokens during rollouts.
 
-  rl.algo: "ppo".
-  rl.rollout_length: T, policy steps per env per iteration.
+  rl.algo: "ppo" (GAE with the value head) or "grpo" (group-normalised episode returns, no
+    critic; envs in blocks of `rl.group_size` share a layout).
+  rl.rollout_length: T, policy steps per env per rollout slot (one learner update each).
   rl.lr: Adam learning rate.
   rl.gamma, rl.gae_lambda: discount and GAE lambda.
   rl.clip_eps: PPO ratio clip.
@@ -28,16 +31,62 @@ Fields:
   rl.update_epochs, rl.num_minibatches: passes over the rollout and minibatches per pass.
   rl.max_grad_norm: global gradient-norm clip.
   rl.reward_scale: multiplies rewards before GAE.
+  rl.decoupled: decoupled PPO, "on" (the update first scores the rollout under the learner's
+    current weights, the proximal policy, and corrects for the behaviour policy with a
+    truncated importance weight), "off" (ratio against the behaviour policy), or "auto" (on
+    for the async pipeline, off for sync, where behaviour and proximal policy coincide).
+  rl.behaviour_weight_cap: truncation of the proximal/behaviour weight (0 = no cap).
+  rl.max_staleness: samples more than this many policy versions older than the learner are
+    dropped from the loss (-1 = keep all).
+  rl.group_size: G, GRPO group size (envs that share a layout).
 
-  train.iterations: rollout+update iterations in total (resume continues to this).
+  placement.mode: "colocated" (every plane on the same devices; automatic device ids start
+    at 0 for each plane) or "disaggregated" (disjoint device sets; automatic ids are taken in
+    the order sim, actor, learner).
+  placement.sim.devices: devices of the sim mesh (axis "data"); env groups are spread over
+    them, one device per group.
+  placement.sim.device_ids: explicit comma-separated device ids ("" = automatic).
+  placement.actor.{data,fsdp,tensor}: the actor mesh shape (axes data, fsdp, tensor).
+  placement.actor.device_ids: explicit device ids ("" = automatic).
+  placement.learner.{data,fsdp,tensor}, placement.learner.device_ids: the same for the
+    learner mesh.
+
+  swimlanes.env_groups: env groups (separate env instances of num_envs / env_groups worlds);
+    async needs >= 2 so that one group simulates while another is in inference.
+  swimlanes.num_slots: rollout slots [T, envs_per_group, ...] in the ring on the actor mesh
+    (0 = env_groups + 2); an empty ring is backpressure on the inference lane.
+  swimlanes.queue_size: capacity of each bounded data-plane channel.
+  swimlanes.poll_s: how often every blocking wait wakes up to check the stop event.
+  swimlanes.stall_timeout_s: a single wait longer than this fails its lane (a deadlock guard).
+  swimlanes.trace: record lane spans, write `<workdir>/trace.json` and `lanes/` metrics.
+  swimlanes.trace_max_spans: spans kept in the trace (later ones still count in metrics).
+
+  train.iterations: learner updates in total, one per rollout slot (resume continues to this).
   train.log_every: iterations between metric writes.
   train.eval_every: iterations between evaluations (also evaluated at 0 and at the end).
-  train.eval_episodes: fresh episodes per evaluation (a multiple of env.num_envs is fastest).
+  train.eval_episodes: fresh episodes per evaluation (a multiple of the envs per group is
+    fastest).
+  train.eval_greedy: evaluate the argmax token per dimension instead of sampling the policy
+    at `model.temperature` (sampling is the default: argmax over 256 free bins picks
+    single-bin spikes and under-reports what the policy does).
   train.checkpoint_every: iterations between checkpoints (also saved at the end).
   train.keep_checkpoints: how many checkpoints to keep.
+  train.max_bad_updates: this many skipped (non-finite) updates in a row halt the run.
+
+  testing.fault_lane: test hook; "" (off) or a lane name whose loop raises an error after
+    `testing.fault_after` steps.
+  testing.fault_after: steps of that lane before the injected error.
+  testing.nan_from: test hook; from this iteration on (-1 = off), `testing.nan_count`
+    updates get a NaN reward.
+  testing.nan_count: how many updates in a row are poisoned.
 """
 
 import ml_collections
+
+
+def _mesh(data: int = 1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+      {"data": data, "fsdp": fsdp, "tensor": tensor, "device_ids": ""})
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -72,12 +121,39 @@ def get_config() -> ml_collections.ConfigDict:
   config.rl.num_minibatches = 4
   config.rl.max_grad_norm = 1.0
   config.rl.reward_scale = 1.0
+  config.rl.decoupled = "auto"
+  config.rl.behaviour_weight_cap = 2.0
+  config.rl.max_staleness = 2
+  config.rl.group_size = 4
+
+  config.placement = ml_collections.ConfigDict()
+  config.placement.mode = "colocated"
+  config.placement.sim = ml_collections.ConfigDict({"devices": 1, "device_ids": ""})
+  config.placement.actor = _mesh()
+  config.placement.learner = _mesh()
+
+  config.swimlanes = ml_collections.ConfigDict()
+  config.swimlanes.env_groups = 1
+  config.swimlanes.num_slots = 0
+  config.swimlanes.queue_size = 2
+  config.swimlanes.poll_s = 0.05
+  config.swimlanes.stall_timeout_s = 600.0
+  config.swimlanes.trace = True
+  config.swimlanes.trace_max_spans = 200_000
 
   config.train = ml_collections.ConfigDict()
   config.train.iterations = 200
   config.train.log_every = 5
   config.train.eval_every = 25
   config.train.eval_episodes = 64
+  config.train.eval_greedy = False
   config.train.checkpoint_every = 25
   config.train.keep_checkpoints = 2
+  config.train.max_bad_updates = 3
+
+  config.testing = ml_collections.ConfigDict()
+  config.testing.fault_lane = ""
+  config.testing.fault_after = 1
+  config.testing.nan_from = -1
+  config.testing.nan_count = 1
   return config

@@ -1,4 +1,4 @@
-"""Evaluation: success rate and return of the greedy policy on fresh episodes."""
+"""Evaluation: success rate and return of the policy on fresh episodes."""
 
 import math
 
@@ -12,8 +12,8 @@ from dvla_jax.training.builders import Components
 def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int) -> dict[str, float]:
   """Runs ceil(num_episodes / num_envs) rounds of one episode per env from fresh layouts.
 
-  Only the first episode of each env counts (later ones are auto-resets). The policy acts
-  greedily (argmax token per dimension).
+  Only the first episode of each env counts (later ones are auto-resets). The policy samples
+  its tokens at `model.temperature`, or takes the argmax when `train.eval_greedy` is set.
 
   Args:
     comp: the run's components.
@@ -42,13 +42,17 @@ def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int) -> dic
 
 
 def _episode(comp: Components, params, rng):
-  state = comp.reset(rng)
+  reset_rng, act_rng = jax.random.split(rng)
+  state = comp.reset(reset_rng)
   active = jnp.ones((comp.config.env.num_envs,), jnp.float32)
   success = jnp.zeros_like(active)
   ret = jnp.zeros_like(active)
   length = jnp.zeros_like(active)
-  for _ in range(comp.config.env.episode_length):
-    out = comp.act_greedy(params, state.obs)
+  for t in range(comp.config.env.episode_length):
+    if comp.config.train.eval_greedy:
+      out = comp.act_greedy(params, state.obs)
+    else:
+      out = comp.act(params, state.obs, jax.random.fold_in(act_rng, t))
     state = comp.env_step(state, out.actions)
     success, ret, length, active = _accumulate(
         success, ret, length, active, state.metrics["success"], state.reward, state.done)

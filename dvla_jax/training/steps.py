@@ -56,63 +56,126 @@ def value_only(graphdef, params, obs) -> jax.Array:
   return nnx.merge(graphdef, params)(obs)[1]
 
 
-def _ppo_objective(params, graphdef, batch: rl.PPOBatch, learner_version, rl_config):
+def _policy_objective(params, graphdef, batch: rl.PPOBatch, learner_version, rl_config):
   model = nnx.merge(graphdef, params)
   logits, values = model(batch.obs)
   log_probs = models.token_log_probs(logits, batch.tokens)
   entropy = models.token_entropy(logits)
+  off_policy = dict(
+      staleness=learner_version - batch.version,
+      max_staleness=None if rl_config.max_staleness < 0 else rl_config.max_staleness,
+      behaviour_weight_cap=rl_config.behaviour_weight_cap or None)
+  if rl_config.algo == "grpo":
+    return rl.grpo_loss(log_probs, entropy, batch, clip_eps=rl_config.clip_eps,
+                        ent_coef=rl_config.ent_coef, **off_policy)
   return rl.ppo_loss(
       log_probs, values, entropy, batch,
       clip_eps=rl_config.clip_eps, value_clip_eps=rl_config.value_clip_eps,
-      vf_coef=rl_config.vf_coef, ent_coef=rl_config.ent_coef,
-      staleness=learner_version - batch.version)
+      vf_coef=rl_config.vf_coef, ent_coef=rl_config.ent_coef, **off_policy)
+
+
+def _grpo_advantages(rollout: rl.Transition, rewards: jax.Array, group_size: int):
+  """Group-normalised return of each env's first episode in the slot, on that episode's steps.
+
+  Returns:
+    (advantages [T, B], outcome [B]); steps after the first episode get advantage 0.
+  """
+  done = rollout.done.astype(jnp.float32)
+  # alive[t]: no episode ended before step t (exclusive), so step t belongs to the first one.
+  alive = jnp.concatenate([jnp.ones_like(done[:1]), jnp.cumprod(1.0 - done, axis=0)[:-1]])
+  outcome = jnp.sum(alive * rewards, axis=0)
+  return alive * rl.grpo_advantages(outcome, group_size)[None], outcome
+
+
+def _proximal_log_probs(graphdef, params, batch: rl.PPOBatch, num_chunks: int) -> jax.Array:
+  """Log-probs of the batch's tokens under `params`, in `num_chunks` forward passes."""
+
+  def chunk(x):
+    return jnp.reshape(x, (num_chunks, -1) + x.shape[1:])
+
+  def score(mb):
+    logits, _ = nnx.merge(graphdef, params)(mb["obs"])
+    return models.token_log_probs(logits, mb["tokens"])
+
+  log_probs = jax.lax.map(score, {"obs": jax.tree.map(chunk, batch.obs),
+                                  "tokens": chunk(batch.tokens)})
+  return jax.lax.stop_gradient(jnp.reshape(log_probs, batch.tokens.shape))
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
-           rollout: rl.Transition, bootstrap_value: jax.Array, rng: jax.Array, *, rl_config
-           ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One PPO update on a full rollout: GAE, then epochs x shuffled minibatches.
+           rollout: rl.Transition, bootstrap_value: jax.Array, rng: jax.Array, *, rl_config,
+           decoupled: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One learner update on a full rollout slot: advantages, then epochs x shuffled minibatches.
+
+  PPO uses GAE with the value head; GRPO (`rl_config.algo == "grpo"`) uses the
+  group-normalised return of each env's first episode. With `decoupled`, the proximal
+  policy is the learner's weights at the start of this update: the rollout is scored under
+  them first, and the loss corrects for the (possibly older) behaviour policy with a truncated
+  importance weight; samples staler than `rl_config.max_staleness` versions are dropped.
+
+  If the loss or any gradient is not finite in any minibatch, the whole update is skipped
+  (parameters and optimizer state come back unchanged) and `learner/skipped` is 1; `step`
+  still advances, since it counts iterations.
 
   Args:
     graphdef: the model's static graph (from `nnx.split`).
     optimizer: the optax transformation whose state is `state.opt_state`.
     state: the learner state (donate it when jitting).
     rollout: `Transition` with leaves [T, B, ...].
-    bootstrap_value: [B] critic value of the observation after the last step.
+    bootstrap_value: [B] critic value of the observation after the last step (PPO only).
     rng: shuffling key.
     rl_config: the `rl` config block (static).
+    decoupled: compute proximal log-probs (static).
 
   Returns:
     The new state and a dict of scalar metrics (means over minibatches).
   """
   rewards = rollout.reward * rl_config.reward_scale
-  advantages, returns = rl.gae(
-      rewards, rollout.value, rollout.done, rollout.truncated, bootstrap_value,
-      gamma=rl_config.gamma, lam=rl_config.gae_lambda)
-  batch = rl.make_ppo_batch(rollout, advantages, returns)
+  extra = {}
+  if rl_config.algo == "grpo":
+    advantages, outcome = _grpo_advantages(rollout, rewards, rl_config.group_size)
+    batch = rl.make_ppo_batch(rollout, advantages)
+    extra["learner/return_mean"] = jnp.mean(outcome)
+  else:
+    advantages, returns = rl.gae(
+        rewards, rollout.value, rollout.done, rollout.truncated, bootstrap_value,
+        gamma=rl_config.gamma, lam=rl_config.gae_lambda)
+    batch = rl.make_ppo_batch(rollout, advantages, returns)
+    extra["learner/return_mean"] = jnp.mean(returns)
+    extra["learner/value_mean"] = jnp.mean(rollout.value)
   n = batch.size
   num_mb = rl_config.num_minibatches
-  grad_fn = jax.value_and_grad(_ppo_objective, has_aux=True)
+  if decoupled:
+    batch = batch.replace(
+        prox_log_probs=_proximal_log_probs(graphdef, state.params, batch, num_mb))
+  grad_fn = jax.value_and_grad(_policy_objective, has_aux=True)
 
   def minibatch_step(carry, idx):
-    st = carry
+    st, ok = carry
     mb = jax.tree.map(lambda x: x[idx], batch)
-    (_, metrics), grads = grad_fn(st.params, graphdef, mb, st.step, rl_config)
+    (loss, metrics), grads = grad_fn(st.params, graphdef, mb, st.step, rl_config)
     updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
     params = optax.apply_updates(st.params, updates)
-    metrics["learner/grad_norm"] = optax.tree.norm(grads)
-    return st.replace(params=params, opt_state=opt_state), metrics
+    metrics["learner/grad_norm"] = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    return (st.replace(params=params, opt_state=opt_state), ok & finite), metrics
 
   def epoch(carry, epoch_rng):
     perm = jax.random.permutation(epoch_rng, n).reshape(num_mb, n // num_mb)
     return jax.lax.scan(minibatch_step, carry, perm)
 
-  new_state, metrics = jax.lax.scan(
-      epoch, state, jax.random.split(rng, rl_config.update_epochs))
+  (new_state, ok), metrics = jax.lax.scan(
+      epoch, (state, jnp.ones((), bool)), jax.random.split(rng, rl_config.update_epochs))
+  # A non-finite minibatch anywhere voids the whole update: keep the state it started from.
+  new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
   metrics = jax.tree.map(jnp.mean, metrics)
+  metrics.update(extra)
   metrics["learner/advantage_mean"] = jnp.mean(advantages)
-  metrics["learner/return_mean"] = jnp.mean(returns)
-  metrics["learner/value_mean"] = jnp.mean(rollout.value)
+  metrics["learner/skipped"] = 1.0 - ok.astype(jnp.float32)
   return new_state.replace(step=state.step + 1), metrics
 
 
@@ -136,3 +199,99 @@ def rollout_metrics(rollout: rl.Transition, success: jax.Array, episode_return: 
       "rollout/episode_return": jnp.sum(done * episode_return) / finished,
       "rollout/reward_mean": jnp.mean(rollout.reward),
   }
+
+
+@flax.struct.dataclass
+class EnvStep:
+  """What the sampling lane hands the inference lane after stepping an env group.
+
+  Attributes:
+    obs: the observations to act on next, each `[B, ...]`.
+    reward: f32 [B] reward of the step just taken (0 after a reset).
+    done: [B] the step ended an episode.
+    truncated: [B] the step ended an episode by the time limit.
+    success: [B] the step ended in success.
+    episode_return: [B] return of the finished episode at `done` steps.
+  """
+
+  obs: Any
+  reward: jax.Array
+  done: jax.Array
+  truncated: jax.Array
+  success: jax.Array
+  episode_return: jax.Array
+
+
+def env_step_result(state) -> EnvStep:
+  """The `EnvStep` of a batched env state (after a reset, its reward and flags are 0)."""
+  return EnvStep(obs=state.obs, reward=state.reward, done=state.done,
+                 truncated=state.info["truncation"], success=state.metrics["success"],
+                 episode_return=state.info["episode_metrics"]["sum_reward"])
+
+
+@flax.struct.dataclass
+class RolloutSlot:
+  """A rollout slot of the dynamic pool: T steps of one env group, time-major.
+
+  Attributes:
+    transition: `rl.Transition` with leaves `[T, B, ...]`.
+    success: f32 [T, B] 1.0 where the step ended in success.
+    episode_return: f32 [T, B] return of the finished episode at `done` steps.
+  """
+
+  transition: rl.Transition
+  success: jax.Array
+  episode_return: jax.Array
+
+
+def empty_slot(obs_spec, rollout_length: int, num_envs: int, action_horizon: int,
+               action_dim: int) -> RolloutSlot:
+  """A zero slot; `obs_spec` maps obs names to `jax.ShapeDtypeStruct`s of one step `[B, ...]`."""
+  tb = (rollout_length, num_envs)
+  chunk = tb + (action_horizon, action_dim)
+  # Every field its own buffer: the slot is donated field by field.
+  zeros = lambda shape, dtype=jnp.float32: jnp.zeros(shape, dtype)  # noqa: E731
+  return RolloutSlot(
+      transition=rl.Transition(
+          obs={k: zeros(tb + tuple(v.shape[1:]), v.dtype) for k, v in obs_spec.items()},
+          tokens=zeros(chunk, jnp.int32), log_probs=zeros(chunk), value=zeros(tb),
+          reward=zeros(tb), done=zeros(tb, bool), truncated=zeros(tb, bool),
+          version=zeros(tb, jnp.int32)),
+      success=zeros(tb), episode_return=zeros(tb))
+
+
+def write_step(slot: RolloutSlot, t, obs, out: ActOutput, version, result: EnvStep
+               ) -> RolloutSlot:
+  """Writes step `t` of a slot in place (jit it donating `slot`).
+
+  Args:
+    slot: the slot being filled.
+    t: int32 step index.
+    obs: the observations acted on at step t, each `[B, ...]`.
+    out: the policy output for `obs`.
+    version: int32 scalar, the policy version of the weights that acted.
+    result: the env's answer to the action (reward, done, ... of step t).
+
+  Returns:
+    The slot with step t written.
+  """
+  def put(buf, x):
+    x = jnp.broadcast_to(jnp.asarray(x).astype(buf.dtype), buf.shape[1:])
+    return jax.lax.dynamic_update_index_in_dim(buf, x, t, 0)
+
+  step = rl.Transition(
+      obs=obs, tokens=out.tokens, log_probs=out.log_probs, value=out.value,
+      reward=result.reward, done=result.done, truncated=result.truncated, version=version)
+  return RolloutSlot(
+      transition=jax.tree.map(put, slot.transition, step),
+      success=put(slot.success, result.success),
+      episode_return=put(slot.episode_return, result.episode_return))
+
+
+def slot_metrics(slot: RolloutSlot) -> dict[str, jax.Array]:
+  """`rollout_metrics` of a full slot, plus the spread of policy versions in it."""
+  metrics = rollout_metrics(slot.transition, slot.success, slot.episode_return)
+  version = slot.transition.version
+  metrics["rollout/version_min"] = jnp.min(version).astype(jnp.float32)
+  metrics["rollout/version_max"] = jnp.max(version).astype(jnp.float32)
+  return metrics

@@ -1,10 +1,22 @@
-"""Trainer wiring: build, resume, run the pipeline, evaluate, log and checkpoint.
+"""Trainer wiring: build, place, resume, run the pipeline, evaluate, log and checkpoint.
 
 Library code reports through `progress_fn(step, metrics)`; `main` passes a writer that sends
 them to TensorBoard, `metrics.jsonl` and the console.
+
+An iteration is one learner update on one rollout slot (T steps of one env group). The
+pipeline (`config.pipeline`, sync or async) calls back after every update; the callback
+counts skipped (non-finite) updates, logs, evaluates and checkpoints. How a run ends:
+  * all iterations done: final checkpoint and evaluation;
+  * SIGTERM: the lanes stop, a checkpoint of the last finished update is written, and
+    `train` returns normally (exit status 0); the next run resumes from it;
+  * a lane fails, or `train.max_bad_updates` updates in a row are skipped: the error
+    propagates (non-zero exit) and the last good checkpoint stays the newest.
 """
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -12,28 +24,49 @@ from absl import logging
 import jax
 import numpy as np
 
+from dvla_jax import parallel
+from dvla_jax.swimlanes import pipeline as async_pipeline
+from dvla_jax.swimlanes import stages
 from dvla_jax.swimlanes import sync
+from dvla_jax.swimlanes.lanes import FaultPlan
+from dvla_jax.swimlanes.tracing import Tracer
 from dvla_jax.training import builders
 from dvla_jax.training import checkpoints
+from dvla_jax.training import config_check
 from dvla_jax.training import evaluation
 from dvla_jax.training import metrics as metrics_lib
 
 # Independent random streams, derived from config.seed.
 _INIT, _ENV, _TRAIN, _EVAL = range(4)
 
+TRACE_FILE = "trace.json"
 
-def train(config, workdir: str,
-          progress_fn: Optional[Callable[[int, dict], None]] = None) -> dict:
+
+class BadUpdatesError(FloatingPointError):
+  """Too many updates in a row had a non-finite loss or gradient."""
+
+
+def train(config, workdir: str, progress_fn: Optional[Callable[[int, dict], None]] = None,
+          stop: Optional[threading.Event] = None,
+          components: Optional[builders.Components] = None) -> dict:
   """Trains to `config.train.iterations` iterations, resuming from `workdir` if it has a
   checkpoint.
 
   Args:
     config: a validated run config (see `default_config.py`).
-    workdir: run directory for checkpoints, metrics.jsonl and TensorBoard files.
+    workdir: run directory for checkpoints, metrics.jsonl, TensorBoard files and trace.json.
     progress_fn: called with (iteration, metrics); defaults to a `MetricsWriter` on `workdir`.
+    stop: setting it stops the run like SIGTERM does (checkpoint, then return).
+    components: reuse components built by `builders.build` for a config that differs from
+      `config` only in `train`, `testing` and `seed` fields (saves the compilation).
 
   Returns:
-    The metrics of the final evaluation (plus the final iteration under "step").
+    The metrics of the final evaluation (plus the iteration reached under "step", and
+    "preempted": True when the run was stopped early).
+
+  Raises:
+    config_check.ConfigError: the placement needs devices that do not exist.
+    LaneError, BadUpdatesError: the run failed; the newest checkpoint is the last good one.
   """
   os.makedirs(workdir, exist_ok=True)
   writer = None
@@ -42,71 +75,166 @@ def train(config, workdir: str,
     progress_fn = writer.write
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
                                   max_to_keep=config.train.keep_checkpoints)
+  tracer = Tracer(config.swimlanes.trace, config.swimlanes.trace_max_spans)
+  stop = stop or threading.Event()
+  preempted = threading.Event()
   try:
-    return _train(config, ckpt, progress_fn)
+    with _stop_on_sigterm(stop, preempted):
+      return _Run(config, ckpt, progress_fn, tracer, stop, preempted).train(components)
   finally:
+    if config.swimlanes.trace and jax.process_index() == 0:
+      tracer.write(os.path.join(workdir, TRACE_FILE), {"pipeline": config.pipeline})
     ckpt.close()
     if writer is not None:
       writer.close()
 
 
-def _train(config, ckpt: checkpoints.Checkpointer, progress_fn) -> dict:
-  t0 = time.perf_counter()
-  comp = builders.build(config)
-  rng = jax.random.key(config.seed)
-  train_state = comp.init_train_state(jax.random.fold_in(rng, _INIT))
-  env_steps = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    train_state, meta = ckpt.restore(latest, train_state)
-    env_steps = int(meta.get("env_steps", 0))
-    logging.info("resumed from %s at iteration %d", ckpt.directory, latest)
-  start = int(train_state.step)
-  total = config.train.iterations
-  steps_per_iter = config.rl.rollout_length * config.env.num_envs
-  eval_rng = jax.random.fold_in(rng, _EVAL)
-  env_state = comp.reset(jax.random.fold_in(jax.random.fold_in(rng, _ENV), start))
+@contextlib.contextmanager
+def _stop_on_sigterm(stop: threading.Event, preempted: threading.Event):
+  """Turns SIGTERM into a stop request while the run lasts (main thread only)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
 
-  def run_eval(iteration):
+  def handler(signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: stopping the lanes and writing a checkpoint")
+    preempted.set()
+    stop.set()
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def make_placement(config) -> parallel.Placement:
+  """The plane meshes of `config.placement`; a placement the devices cannot hold is a
+  ConfigError (one line naming the field)."""
+  try:
+    return parallel.Placement(parallel.make_plane_meshes(config.placement))
+  except parallel.PlacementError as e:
+    raise config_check.ConfigError(str(e)) from None
+
+
+class _Run:
+  """One call of `train`: the state the update callback needs between iterations."""
+
+  def __init__(self, config, ckpt, progress_fn, tracer, stop, preempted):
+    self.config = config
+    self.ckpt = ckpt
+    self.progress_fn = progress_fn
+    self.tracer = tracer
+    self.stop = stop
+    self.preempted = preempted
+    self.skipped_total = 0
+    self.skipped_in_a_row = 0
+    self.last_saved = None
+    self.result = {}
+
+  def train(self, comp: Optional[builders.Components]) -> dict:
+    config = self.config
+    t0 = time.perf_counter()
+    placement = make_placement(config)
+    comp = comp or builders.build(config)
+    rng = jax.random.key(config.seed)
+    init_rng = jax.random.fold_in(rng, _INIT)
+    abstract = jax.eval_shape(comp.init_train_state, init_rng)
+    init = jax.jit(comp.init_train_state,
+                   out_shardings=placement.state_shardings(abstract, "learner"))
+    train_state = init(init_rng)
+    self.env_steps = 0
+    latest = self.ckpt.latest_step()
+    if latest is not None:
+      train_state, meta = self.ckpt.restore(latest, train_state)
+      self.env_steps = int(meta.get("env_steps", 0))
+      self.last_saved = latest
+      logging.info("resumed from %s at iteration %d", self.ckpt.directory, latest)
+    start = int(train_state.step)
+    total = config.train.iterations
+    self.steps_per_iter = config.rl.rollout_length * comp.envs_per_group
+
+    is_async = config.pipeline == "async"
+    # Evaluation acts on one device of its own env group (a separate instance when the
+    # sampling lane keeps every group busy).
+    self.eval_device = placement.sim_device(0)
+    self.eval_comp = comp.for_group(comp.eval_group(separate=is_async))
+    self.eval_rng = jax.device_put(jax.random.fold_in(rng, _EVAL), self.eval_device)
+    train_rng = jax.random.fold_in(rng, _TRAIN)
+    faults = FaultPlan(config.testing.fault_lane, config.testing.fault_after)
+    poison = stages.Poison(config.testing.nan_from, config.testing.nan_count)
+    kind = async_pipeline.AsyncPipeline if is_async else sync.SyncPipeline
+    self.pipeline = kind(comp, placement, self.tracer, train_rng, faults=faults, poison=poison)
+
+    if start == 0:
+      self.result = self._evaluate(0, train_state.params)
+    logging.info("set-up and first evaluation took %.1fs", time.perf_counter() - t0)
+    self.window = (time.perf_counter(), 0)
+    self.tracer.reset_window()
+    train_state, done = self.pipeline.run(train_state, start, total, self._on_update, self.stop)
+    if self.preempted.is_set() and done < total:
+      logging.warning("preempted at iteration %d of %d", done, total)
+      if self.last_saved != done:
+        self._save(done, train_state)
+      self.ckpt.wait()
+      return {"step": done, "preempted": True, **self.result}
+    if start >= total:
+      self.result = self._evaluate(start, train_state.params)
+    return {"step": max(start, total), **self.result}
+
+  def _on_update(self, iteration: int, state, metrics: dict) -> None:
+    config = self.config
+    self.env_steps += self.steps_per_iter
+    self.window = (self.window[0], self.window[1] + self.steps_per_iter)
+    skipped = bool(np.asarray(jax.device_get(metrics["learner/skipped"])) > 0)
+    if skipped:
+      self.skipped_total += 1
+      self.skipped_in_a_row += 1
+      logging.warning("iteration %d: non-finite loss or gradients; update skipped", iteration)
+    else:
+      self.skipped_in_a_row = 0
+    total = config.train.iterations
+    if iteration % config.train.log_every == 0 or iteration == total or skipped:
+      self._log(iteration, metrics)
+    if self.skipped_in_a_row >= config.train.max_bad_updates:
+      raise BadUpdatesError(
+          f"{self.skipped_in_a_row} updates in a row had a non-finite loss or gradients "
+          f"(up to iteration {iteration}); halting, last good checkpoint: {self.last_saved}")
+    if iteration % config.train.eval_every == 0 or iteration == total:
+      with self.tracer.span("trainer", "evaluate"):
+        self.result = self._evaluate(iteration, state.params)
+    # A checkpoint is only written from a good update, so the newest one is always good.
+    if not skipped and (iteration % config.train.checkpoint_every == 0 or iteration == total):
+      with self.tracer.span("trainer", "checkpoint"):
+        self._save(iteration, state)
+
+  def _log(self, iteration: int, metrics: dict) -> None:
+    values = metrics_lib.device_get_metrics(metrics)
+    values.pop("learner/skipped", None)
+    now = time.perf_counter()
+    start, steps = self.window
+    values.update({
+        "sim/env_steps": self.env_steps,
+        "sim/env_steps_per_s": steps / max(now - start, 1e-9),
+        "learner/version": iteration,
+        "learner/skipped_updates": self.skipped_total,
+    })
+    values.update(self.pipeline.stats())
+    if self.tracer.enabled:
+      values.update(self.tracer.window())
+    self.progress_fn(iteration, values)
+    self.window = (now, 0)
+
+  def _evaluate(self, iteration: int, params) -> dict:
+    params = jax.device_put(params, self.eval_device)
+    result = evaluation.evaluate(self.eval_comp, params, self.eval_rng,
+                                 self.config.train.eval_episodes)
     # The same episodes every time, so evaluations are comparable across iterations.
-    result = evaluation.evaluate(comp, train_state.params, eval_rng, config.train.eval_episodes)
-    progress_fn(iteration, {**result, "sim/env_steps": env_steps})
+    self.progress_fn(iteration, {**result, "sim/env_steps": self.env_steps})
     return result
 
-  def save(iteration):
-    ckpt.save(iteration, train_state, train_state.params,
-              {"env_steps": env_steps, "config": config, "iteration": iteration})
-
-  result = {}
-  if start == 0:
-    result = run_eval(0)
-  logging.info("set-up and first evaluation took %.1fs", time.perf_counter() - t0)
-  window_start, window_steps = time.perf_counter(), 0
-  for it in range(start, total):
-    train_state, env_state, metrics = sync.iteration(
-        comp, train_state, env_state, jax.random.fold_in(jax.random.fold_in(rng, _TRAIN), it))
-    env_steps += steps_per_iter
-    window_steps += steps_per_iter
-    done = it + 1
-    if done % config.train.log_every == 0 or done == total:
-      metrics = metrics_lib.device_get_metrics(metrics)
-      _check_finite(metrics, done)
-      now = time.perf_counter()
-      metrics.update({"sim/env_steps": env_steps,
-                      "sim/env_steps_per_s": window_steps / max(now - window_start, 1e-9),
-                      "learner/version": done})
-      progress_fn(done, metrics)
-      window_start, window_steps = now, 0
-    if done % config.train.eval_every == 0 or done == total:
-      result = run_eval(done)
-    if done % config.train.checkpoint_every == 0 or done == total:
-      save(done)
-  if start >= total:
-    result = run_eval(start)
-  return {"step": max(start, total), **result}
-
-
-def _check_finite(metrics: dict, iteration: int) -> None:
-  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-  if bad:
-    raise FloatingPointError(f"non-finite metrics at iteration {iteration}: {', '.join(bad)}")
+  def _save(self, iteration: int, state) -> None:
+    self.ckpt.save(iteration, state, state.params,
+                   {"env_steps": self.env_steps, "config": self.config, "iteration": iteration})
+    self.last_saved = iteration

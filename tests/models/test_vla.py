@@ -47,6 +47,32 @@ def test_bfloat16_multi_camera_outputs_stay_float32():
   assert np.all(np.isfinite(logits)) and np.all(np.isfinite(value))
 
 
+def test_bfloat16_compute_with_float32_master_weights_is_close_to_float32(tiny):
+  config, model, obs = tiny
+  # The same float32 parameters, computed in bfloat16 (param_dtype stays float32).
+  graphdef16, _ = nnx.split(models.VLA(config.replace(dtype="bfloat16"), rngs=nnx.Rngs(0)))
+  model16 = nnx.merge(graphdef16, nnx.state(model))
+  tokens = jnp.zeros((obs["text"].shape[0], config.action_horizon, config.action_dim), jnp.int32)
+
+  @jax.jit
+  def forward_and_grads(m):
+    def loss(m):
+      lg, v = m(obs)
+      return -jnp.mean(models.token_log_probs(lg, tokens)) + jnp.mean(jnp.square(v)), (lg, v)
+    return nnx.grad(loss, has_aux=True)(m)
+
+  g32, (logits, value) = forward_and_grads(model)
+  g16, (logits16, value16) = forward_and_grads(model16)
+  diff = _max_diff(logits16, logits)
+  assert 1e-6 < diff < 0.02 * float(np.std(logits))  # really bfloat16, and close
+  assert _max_diff(value16, value) < 0.1 * float(np.std(value))
+  g32, g16 = jax.tree.leaves(g32), jax.tree.leaves(g16)
+  assert {x.dtype for x in g16} == {jnp.dtype(jnp.float32)}  # master-weight gradients
+  flat32 = np.concatenate([np.ravel(x) for x in g32])
+  flat16 = np.concatenate([np.ravel(x) for x in g16])
+  assert np.linalg.norm(flat16 - flat32) / np.linalg.norm(flat32) < 0.05
+
+
 def test_fake_obs_is_valid():
   config = models.get_preset("tiny", max_text_len=12)
   obs = config.fake_obs(5)
@@ -170,7 +196,7 @@ def test_every_param_has_logical_axes():
     assert set(names) <= set(models.LOGICAL_AXES) | {None}, path
 
 
-@pytest.mark.parametrize("name", ["base", "1b", "7b"])
+@pytest.mark.parametrize("name", ["base", "1b", "7b", "1t"])
 def test_preset_counts_near_nominal(name):
   count = models.count_params(models.get_preset(name))
   assert abs(count / models.NOMINAL_PARAMS[name] - 1) < 0.05

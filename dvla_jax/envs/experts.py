@@ -1,0 +1,282 @@
+"""Scripted experts for the suite tasks, and the expert success table.
+
+An expert reads privileged state (object, pad and gripper positions) and returns an action
+chunk for one world, so it vmaps like the env. It keeps no memory: the phase (approach,
+grasp, carry, release, push) is read off the state each policy step, which also makes it
+recover from slips and missed grasps.
+
+`evaluate_expert(task, ...)` and `expert_table(...)` run the experts and report how often they
+succeed; the benchmark and the demonstration writer call them.
+"""
+
+import math
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dvla_jax.envs import mjx_env
+from dvla_jax.envs import scene
+from dvla_jax.envs import tasks
+
+HOVER = 0.1  # TCP height for empty moves: the fingers clear every object.
+CARRY = 0.13  # Centre height of a carried object: its bottom clears a stack of two cubes.
+PUSH_HOVER = 0.08
+_OPEN, _SHUT = -1.0, 1.0
+_ALIGNED = 0.008  # TCP-to-object horizontal error at which the fingers close.
+_NEAR = 0.02  # Horizontal error within which the gripper descends (open fingers clear 2.9 cm).
+_CARRY_SPEED = 0.75  # Fraction of max_delta while holding something.
+
+
+def suite_expert(env, state: mjx_env.State) -> jax.Array:
+  """The expert action chunk [H * 4] of a `suite.SuiteEnv` world.
+
+  Works on the first stage whose goal does not hold yet (so a two-stage task returns to stage
+  one if stage two undid it).
+
+  Args:
+    env: the SuiteEnv.
+    state: one world's state.
+
+  Returns:
+    The action chunk, flattened.
+  """
+  data = state.pipeline_state
+  info = state.info["task"]
+  first_done, _, _ = env.stage_status(data, info, 0)
+  stage = jnp.where(first_done & (info["family"][1] >= 0), 1, 0)
+  fam, obj, dest = info["family"][stage], info["obj"][stage], info["dest"][stage]
+  pos = env.object_pos(data)
+  heights = jnp.asarray(env.heights)
+  o, h = pos[obj], heights[obj]
+  tcp = env.tcp_pos(data)
+  finger = env.finger_pos(data)
+  closure = scene.finger_closure(jnp.asarray(env.half_widths)[obj])
+  gripped = env.holding(data, obj) & (finger > closure - 0.003) & (finger < closure + 0.008)
+
+  pad = data.mocap_pos[jnp.clip(dest, 0, tasks.NUM_PADS - 1)]
+  base_i = jnp.clip(dest, 0, len(env.objects) - 1)
+  base = pos[base_i]
+  place_goal = jnp.concatenate([pad[:2], h[None] + 0.003])
+  stack_goal = base + jnp.array([0.0, 0.0, 1.0]) * (heights[base_i] + h + 0.004)
+  lift_goal = jnp.concatenate([o[:2], jnp.array([CARRY])])
+
+  grasp = _grasp(tcp, o, finger, closure)
+  plans = [
+      _reach(tcp, o, h),
+      _push(tcp, o, pad),
+      _pick(tcp, o, lift_goal, gripped, finger, grasp, release=False),
+      _pick(tcp, o, place_goal, gripped, finger, grasp, release=True),
+      _pick(tcp, o, stack_goal, gripped, finger, grasp, release=True),
+  ]
+  which = jnp.clip(fam, 0, len(plans) - 1)
+  target = jnp.stack([p[0] for p in plans])[which]
+  grip = jnp.stack([p[1] for p in plans])[which]
+  speed = jnp.where(gripped, _CARRY_SPEED, 1.0)
+  return _chunk(data.ctrl[:3], target, grip, speed, env.config.max_delta,
+                env.config.action_horizon)
+
+
+def _chunk(ctrl, target, grip, speed, max_delta, horizon):
+  """Actions that move the actuator target to `target` as fast as `speed` allows."""
+  actions = []
+  for _ in range(horizon):
+    a = jnp.clip((target - ctrl) / max_delta, -speed, speed)
+    ctrl = ctrl + a * max_delta
+    actions.append(jnp.concatenate([a, grip[None]]))
+  return jnp.concatenate(actions)
+
+
+def _above(tcp, xy, z_travel, z_goal, near):
+  """Goes to (xy, z_goal) by way of z_travel: rise, move across, then descend.
+
+  Within `near` of xy it descends straight away, correcting the small horizontal error on the
+  way down instead of climbing back up (no dithering between the two).
+  """
+  far = jnp.linalg.norm(tcp[:2] - xy) > near
+  low = tcp[2] < z_travel - 0.03
+  up = jnp.concatenate([tcp[:2], jnp.array([z_travel])])
+  across = jnp.concatenate([xy, jnp.array([z_travel])])
+  down = jnp.concatenate([xy, z_goal[None]])
+  return jnp.where(far & low, up, jnp.where(far, across, down))
+
+
+def _reach(tcp, o, h):
+  """Open fingers straddle the object with the TCP at its top face."""
+  return _above(tcp, o[:2], HOVER, o[2] + h, _NEAR), jnp.asarray(_OPEN)
+
+
+def _grasp(tcp, o, finger, closure):
+  """Approach with open fingers, descend around the object, close."""
+  aligned = jnp.linalg.norm(tcp[:2] - o[:2]) < _ALIGNED
+  low = tcp[2] < o[2] + 0.012
+  missed = finger > closure + 0.008  # Shut past the object: it slipped out.
+  close = aligned & low & ~missed
+  target = _above(tcp, o[:2], HOVER, o[2], _NEAR)
+  target = jnp.where(missed, jnp.concatenate([o[:2], jnp.array([HOVER])]), target)
+  return target, jnp.where(close, _SHUT, _OPEN)
+
+
+def _pick(tcp, o, goal, gripped, finger, grasp, release):
+  """Grasp, carry the object's centre to `goal`, and (if `release`) let go and back off."""
+  offset = tcp - o  # Where the object sits in the hand; carried along unchanged.
+  at_goal = (jnp.linalg.norm(o[:2] - goal[:2]) < 0.012) & (jnp.abs(o[2] - goal[2]) < 0.01)
+  carry = _above(o, goal[:2], CARRY, goal[2], 0.015) + offset
+  if not release:
+    at_goal = jnp.zeros((), bool)
+  open_up = jnp.concatenate([tcp[:2], jnp.array([HOVER])])
+  settle = jnp.where(finger > 0.012, tcp, open_up)
+  target = jnp.where(at_goal, settle, jnp.where(gripped, carry, grasp[0]))
+  grip = jnp.where(at_goal, _OPEN, jnp.where(gripped, _SHUT, grasp[1]))
+  return target, grip
+
+
+def _push(tcp, o, pad):
+  """Closed fingers behind the object, pushing it along the line to the pad centre."""
+  d = pad[:2] - o[:2]
+  dist = jnp.linalg.norm(d)
+  u = d / jnp.maximum(dist, 1e-6)
+  behind = o[:2] - u * 0.05
+  rel = tcp[:2] - o[:2]
+  along = rel @ u
+  lateral = jnp.linalg.norm(rel - along * u)
+  push_z = o[2]
+  in_line = (along < -0.025) & (lateral < 0.012) & (tcp[2] < push_z + 0.015)
+  shove = jnp.concatenate([o[:2] + u * (jnp.minimum(dist, 0.03) - 0.035), push_z[None]])
+  approach = _above(tcp, behind, PUSH_HOVER, push_z, 0.012)
+  return jnp.where(in_line, shove, approach), jnp.asarray(_SHUT)
+
+
+# -- Success tables -------------------------------------------------------------------------
+
+def rollout(env, reset_fn, rng: jax.Array, max_steps: int | None = None):
+  """Runs the expert on every world until each succeeds once (its state then freezes).
+
+  Args:
+    env: a single-world env with `expert_action`.
+    reset_fn: jitted `(rng) -> batched State`.
+    rng: PRNG key.
+    max_steps: policy steps (default: the env's episode length).
+
+  Returns:
+    (final batched State, success [B] bool, steps to success [B] int, -1 if never).
+  """
+  step = _jitted_expert_step(env)
+  state = reset_fn(rng)
+  batch = state.reward.shape[0]
+  done = np.zeros(batch, bool)
+  steps = np.full(batch, -1)
+  for t in range(max_steps or env.config.episode_length):
+    state, now = step(state, jnp.asarray(done))
+    now = np.asarray(now) & ~done
+    steps[now] = t + 1
+    done |= now
+    if done.all():
+      break
+  return state, done, steps
+
+
+def _jitted_expert_step(env):
+  cached = getattr(env, "_expert_step", None)
+  if cached is not None:
+    return cached
+
+  @jax.jit
+  def step(state, frozen):
+    nxt = jax.vmap(env.step)(state, jax.vmap(env.expert_action)(state))
+
+    def keep(old, new):
+      # MJX Warp also carries buffers shared by all worlds (e.g. contacts); those are
+      # recomputed every step, so only per-world leaves need freezing.
+      if new.ndim == 0 or new.shape[0] != frozen.shape[0] or old.shape != new.shape:
+        return new
+      mask = jnp.reshape(frozen, frozen.shape + (1,) * (new.ndim - 1))
+      return jnp.where(mask, old, new)
+    return jax.tree.map(keep, state, nxt), nxt.metrics["success"] > 0
+
+  env._expert_step = step  # pylint: disable=protected-access
+  return step
+
+
+def evaluate_expert(task: str, num_worlds: int = 16, episodes: int = 32,
+                    seed: int = 0) -> dict[str, Any]:
+  """Runs the scripted expert of `task` for `episodes` episodes (no rendering).
+
+  Args:
+    task: a registered task name.
+    num_worlds: episodes run in parallel.
+    episodes: episodes in total (rounded up to a multiple of num_worlds).
+    seed: PRNG seed.
+
+  Returns:
+    {"task", "episodes", "success_rate", "mean_steps" (to success, over successes),
+     "episode_length", "seconds"}.
+  """
+  from dvla_jax.envs import registry  # pylint: disable=g-import-not-at-top
+  config = registry.default_config(task, num_worlds=num_worlds, render=False)
+  return expert_table([task], config, episodes, seed)[task]
+
+
+def expert_table(task_names: Sequence[str] | None = None,
+                 config: mjx_env.EnvConfig | None = None, episodes: int = 32,
+                 seed: int = 0) -> dict[str, dict[str, Any]]:
+  """Expert success per task; suite tasks share one compiled env (worlds split among them).
+
+  Args:
+    task_names: registered tasks (default: all).
+    config: env settings; `num_worlds` is the total batch (default: 8 worlds per task, no
+      rendering).
+    episodes: episodes per task (rounded up to whole batches).
+    seed: PRNG seed.
+
+  Returns:
+    {task: {"task", "episodes", "success_rate", "mean_steps", "episode_length", "seconds"}}.
+  """
+  from dvla_jax.envs import registry  # pylint: disable=g-import-not-at-top
+  from dvla_jax.envs import suite  # pylint: disable=g-import-not-at-top
+  names = list(task_names or registry.list_tasks())
+  in_suite = [n for n in names if n in tasks.BY_NAME]
+  table = {}
+  for other in (n for n in names if n not in tasks.BY_NAME):
+    registry.check_task(other)
+    cfg = registry.default_config(other, **_batch_fields(config, 8))
+    env = registry.make(other, cfg)
+    table[other] = _run(env, jax.jit(lambda r, e=env: jax.vmap(e.reset)(
+        jax.random.split(r, e.config.num_worlds))), [other], np.zeros(cfg.num_worlds, int),
+        episodes, seed)
+  if in_suite:
+    cfg = suite.SuiteEnv.default_config(
+        config, **_batch_fields(config, 8 * len(in_suite)))
+    env = suite.SuiteEnv(cfg, in_suite)
+    ids = np.arange(cfg.num_worlds) % len(in_suite)
+    reset = jax.jit(lambda r: jax.vmap(env.reset_task)(
+        jax.random.split(r, cfg.num_worlds), jnp.asarray(ids)))
+    table.update(_run(env, reset, in_suite, ids, episodes, seed))
+  return {n: table[n] for n in names}
+
+
+def _batch_fields(config, default_worlds):
+  if config is None:
+    return {"num_worlds": default_worlds, "render": False}
+  return {}
+
+
+def _run(env, reset, names, ids, episodes, seed):
+  per_round = np.bincount(ids, minlength=len(names))
+  rounds = max(math.ceil(episodes / max(per_round.min(), 1)), 1)
+  wins = np.zeros(len(names))
+  steps = [[] for _ in names]
+  start = time.perf_counter()
+  for r in range(rounds):
+    _, success, to_success = rollout(env, reset, jax.random.fold_in(jax.random.PRNGKey(seed), r))
+    for i in range(len(names)):
+      wins[i] += success[ids == i].sum()
+      steps[i] += list(to_success[(ids == i) & success])
+  seconds = time.perf_counter() - start
+  return {n: {"task": n, "episodes": int(rounds * per_round[i]),
+              "success_rate": float(wins[i] / (rounds * per_round[i])),
+              "mean_steps": float(np.mean(steps[i])) if steps[i] else float("nan"),
+              "episode_length": env.config.episode_length, "seconds": seconds}
+          for i, n in enumerate(names)}

@@ -1,0 +1,158 @@
+"""One `jax.sharding.Mesh` per plane (sim, actor, learner), built from the placement config.
+
+Placement modes:
+  colocated: every plane may use the same devices; a plane without explicit ids takes the
+    first devices (a laptop CPU or one GPU holds all three planes).
+  disaggregated: the planes use disjoint device sets; a plane without explicit ids takes the
+    lowest ids no other plane uses, in the order sim, actor, learner (so 2 / 2 / 4 of 8
+    devices are ids 0-1, 2-3 and 4-7).
+
+The sim mesh has one axis, "data"; the actor and learner meshes have the axes
+(data, fsdp, tensor) of the logical sharding rules in `dvla_jax.parallel.sharding`.
+
+The config validator checks what it can without JAX; what needs the device list (a plane
+asking for devices that do not exist) raises `PlacementError` here, one line naming the field.
+"""
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+PLANES = ("sim", "actor", "learner")
+SIM_AXES = ("data",)
+MODEL_AXES = ("data", "fsdp", "tensor")
+
+
+class PlacementError(ValueError):
+  """A placement the devices present cannot hold; `str(error)` is one line naming the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaneMeshes:
+  """The three meshes of a run.
+
+  Attributes:
+    mode: "colocated" or "disaggregated".
+    sim: mesh of the env groups, axis "data".
+    actor: mesh of policy inference, axes (data, fsdp, tensor).
+    learner: mesh of the learner update, axes (data, fsdp, tensor).
+  """
+
+  mode: str
+  sim: Mesh
+  actor: Mesh
+  learner: Mesh
+
+  def plane(self, name: str) -> Mesh:
+    """The mesh of plane `name` ("sim", "actor" or "learner")."""
+    return getattr(self, name)
+
+  def device_ids(self) -> dict[str, list[int]]:
+    """Device ids of every plane, in mesh order."""
+    return {p: [d.id for d in self.plane(p).devices.flat] for p in PLANES}
+
+
+def plane_shape(placement: Mapping[str, Any], plane: str) -> tuple[int, ...]:
+  """Mesh shape of `plane`: (devices,) for sim, (data, fsdp, tensor) otherwise."""
+  cfg = placement[plane]
+  if plane == "sim":
+    return (int(cfg["devices"]),)
+  return tuple(int(cfg[axis]) for axis in MODEL_AXES)
+
+
+def _explicit_ids(placement: Mapping[str, Any], plane: str) -> Optional[list[int]]:
+  text = str(placement[plane]["device_ids"]).strip()
+  if not text:
+    return None
+  try:
+    return [int(part) for part in text.split(",")]
+  except ValueError as e:
+    raise PlacementError(f"placement.{plane}.device_ids={text!r} is not a list of device ids; "
+                         "allowed: integers separated by commas") from e
+
+
+def resolve_device_ids(placement: Mapping[str, Any], num_devices: int) -> dict[str, list[int]]:
+  """Which device ids each plane uses (pure Python: no devices are touched).
+
+  Args:
+    placement: the `placement` config block (mode, sim, actor, learner).
+    num_devices: devices present (`jax.device_count()`).
+
+  Returns:
+    plane name -> device ids, as many as the plane's mesh shape holds.
+
+  Raises:
+    PlacementError: a plane needs more devices than exist, names a device that does not
+      exist, or shares devices with another plane when disaggregated.
+  """
+  mode = placement["mode"]
+  explicit = {p: _explicit_ids(placement, p) for p in PLANES}
+  ids: dict[str, list[int]] = {}
+  for plane in PLANES:
+    size = math.prod(plane_shape(placement, plane))
+    chosen = explicit[plane]
+    if chosen is not None:
+      if len(chosen) != size:
+        raise PlacementError(f"placement.{plane}.device_ids has {len(chosen)} ids but the "
+                             f"{plane} mesh needs {size}; allowed: {size} ids")
+      missing = [i for i in chosen if not 0 <= i < num_devices]
+      if missing:
+        raise PlacementError(f"placement.{plane}.device_ids names device {missing[0]} but "
+                             f"{num_devices} devices exist; allowed: ids 0..{num_devices - 1}")
+      ids[plane] = list(chosen)
+      continue
+    if mode == "colocated":
+      if size > num_devices:
+        raise PlacementError(
+            f"placement.{plane} mesh {'x'.join(map(str, plane_shape(placement, plane)))} needs "
+            f"{size} devices but {num_devices} exist; allowed: at most {num_devices}")
+      ids[plane] = list(range(size))
+      continue
+    taken = {i for p in PLANES for i in (explicit[p] or ())} | {i for v in ids.values() for i in v}
+    free = [i for i in range(num_devices) if i not in taken]
+    if size > len(free):
+      wanted = {p: math.prod(plane_shape(placement, p)) for p in PLANES}
+      raise PlacementError(
+          f"placement needs {sum(wanted.values())} devices (sim {wanted['sim']} + actor "
+          f"{wanted['actor']} + learner {wanted['learner']}) in placement.mode='disaggregated' "
+          f"but {num_devices} exist; allowed: at most {num_devices} in total")
+    ids[plane] = free[:size]
+  if mode == "disaggregated":
+    for i, a in enumerate(PLANES):
+      for b in PLANES[i + 1:]:
+        common = sorted(set(ids[a]) & set(ids[b]))
+        if common:
+          raise PlacementError(
+              f"placement.{b} shares devices {','.join(map(str, common))} with placement.{a} "
+              "in placement.mode='disaggregated'; allowed: disjoint device sets")
+  return ids
+
+
+def make_plane_meshes(placement: Mapping[str, Any],
+                      devices: Optional[Sequence[jax.Device]] = None) -> PlaneMeshes:
+  """Builds the sim, actor and learner meshes of a placement.
+
+  Args:
+    placement: the `placement` config block.
+    devices: the devices to place on (default `jax.devices()`); ids index this list.
+
+  Returns:
+    The three meshes.
+
+  Raises:
+    PlacementError: as `resolve_device_ids`.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  ids = resolve_device_ids(placement, len(devices))
+
+  def mesh(plane, axes):
+    grid = np.array([devices[i] for i in ids[plane]], dtype=object)
+    return Mesh(grid.reshape(plane_shape(placement, plane)), axes)
+
+  return PlaneMeshes(mode=placement["mode"], sim=mesh("sim", SIM_AXES),
+                     actor=mesh("actor", MODEL_AXES), learner=mesh("learner", MODEL_AXES))

@@ -1,0 +1,150 @@
+"""The learner update's off-policy machinery on fake rollouts (no env): decoupled PPO, the
+staleness bound, skipped non-finite updates, GRPO, and rollout-slot writes."""
+
+import functools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dvla_jax import models
+from dvla_jax import rl
+from dvla_jax.training import builders
+from dvla_jax.training import default_config
+from dvla_jax.training import steps
+
+T, B = 2, 4
+
+
+def _rl_config(**overrides):
+  cfg = default_config.get_config().rl
+  cfg.update_epochs, cfg.num_minibatches = 1, 2
+  cfg.max_staleness, cfg.group_size = 1, 2
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def setup():
+  mcfg = models.get_preset("tiny", max_text_len=8, proprio_dim=6)
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.VLA(mcfg, rngs=nnx.Rngs(0))))
+  optimizer = builders.make_optimizer(_rl_config())
+
+  @jax.jit
+  def init_and_score(obs, tokens):
+    params = nnx.state(models.VLA(mcfg, rngs=nnx.Rngs(0)))
+    flat = jax.tree.map(lambda x: x.reshape((T * B,) + x.shape[2:]), obs)
+    logits, value = nnx.merge(graphdef, params)(flat)
+    log_probs = models.token_log_probs(logits, tokens.reshape((T * B,) + tokens.shape[2:]))
+    state = steps.TrainState(step=jnp.asarray(5, jnp.int32), params=params,
+                             opt_state=optimizer.init(params))
+    return state, log_probs.reshape(tokens.shape), value.reshape((T, B))
+
+  obs = jax.tree.map(lambda x: x.reshape((T, B) + x.shape[1:]), mcfg.fake_obs(T * B))
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, mcfg.num_bins, (T, B, mcfg.action_horizon,
+                                                       mcfg.action_dim)), jnp.int32)
+  state, log_probs, value = init_and_score(obs, tokens)
+  rollout = rl.Transition(
+      obs=obs, tokens=tokens, log_probs=log_probs, value=value,
+      reward=jnp.asarray(rng.normal(size=(T, B)), jnp.float32), done=jnp.zeros((T, B), bool),
+      truncated=jnp.zeros((T, B), bool), version=jnp.full((T, B), 5, jnp.int32))
+
+  def make_update(**overrides):
+    return jax.jit(functools.partial(steps.update, graphdef, optimizer,
+                                     rl_config=_rl_config(**overrides), decoupled=True))
+
+  return state, rollout, make_update(), make_update
+
+
+def _run(update, state, rollout):
+  new, metrics = update(state, rollout, jnp.zeros((B,)), jax.random.key(1))
+  return new, {k: float(v) for k, v in metrics.items()}
+
+
+def _max_diff(a, b):
+  return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
+                                                            jax.tree.leaves(b)))
+
+
+def test_on_policy_data_gives_no_behaviour_correction(setup):
+  state, rollout, update, make_update = setup
+  new, metrics = _run(update, state, rollout)
+  assert metrics["learner/behaviour_kl"] == pytest.approx(0.0, abs=1e-6)
+  assert metrics["learner/behaviour_weight"] == pytest.approx(1.0, abs=1e-5)
+  assert metrics["learner/stale_fraction"] == 0.0 and metrics["learner/skipped"] == 0.0
+  assert int(new.step) == 6 and _max_diff(new.params, state.params) > 0
+
+
+def test_stale_samples_are_dropped_and_lag_is_measured(setup):
+  state, rollout, update, _ = setup
+  # Envs 0-1 acted 3 versions ago (beyond max_staleness=1) with different weights.
+  version = rollout.version.at[:, :2].set(2)
+  log_probs = rollout.log_probs.at[:, :2].add(-0.3)
+  _, metrics = _run(update, state, rollout.replace(version=version, log_probs=log_probs))
+  assert metrics["learner/stale_fraction"] == pytest.approx(0.5)
+  assert metrics["learner/staleness_mean"] == pytest.approx(1.5)
+  # The stale (perturbed) samples are masked out, so the behaviour KL stays ~0 ...
+  assert metrics["learner/behaviour_kl"] == pytest.approx(0.0, abs=1e-6)
+  # ... while fresh but off-policy samples show up in it.
+  _, metrics = _run(update, state, rollout.replace(log_probs=log_probs))
+  assert metrics["learner/behaviour_kl"] > 1e-3
+  assert metrics["learner/behaviour_weight"] > 1.0
+
+
+def test_non_finite_update_is_skipped_inside_the_jitted_update(setup):
+  state, rollout, update, _ = setup
+  new, metrics = _run(update, state, rollout.replace(reward=rollout.reward.at[0, 0].set(jnp.nan)))
+  assert metrics["learner/skipped"] == 1.0
+  assert int(new.step) == 6
+  assert _max_diff(new.params, state.params) == 0.0
+  assert _max_diff(new.opt_state, state.opt_state) == 0.0
+
+
+def test_grpo_advantages_are_group_normalised_first_episode_returns():
+  # Two groups of two envs; env 1 finishes its episode at t=0, so its t=1 step is not scored.
+  reward = jnp.array([[1.0, 2.0, 0.0, 0.0], [1.0, 5.0, 3.0, 3.0]])
+  done = jnp.array([[False, True, False, False], [False, False, False, False]])
+  rollout = rl.Transition(obs={}, tokens=None, log_probs=None, value=None, reward=reward,
+                          done=done, truncated=jnp.zeros_like(done), version=None)
+  adv, outcome = steps._grpo_advantages(rollout, reward, 2)  # pylint: disable=protected-access
+  np.testing.assert_allclose(outcome, [2.0, 2.0, 3.0, 3.0])
+  np.testing.assert_allclose(adv, [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-5)
+  reward = reward.at[1, 0].set(3.0)  # Env 0 now returns 4 > env 1's 2.
+  adv, _ = steps._grpo_advantages(rollout, reward, 2)  # pylint: disable=protected-access
+  np.testing.assert_allclose(adv, [[1.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], atol=1e-4)
+
+
+def test_grpo_update_trains_without_the_critic(setup):
+  state, rollout, _, make_update = setup
+  new, metrics = _run(make_update(algo="grpo"), state, rollout)
+  assert metrics["learner/skipped"] == 0.0 and "learner/value_loss" not in metrics
+  value_head = lambda p: p["value_head"]  # noqa: E731
+  assert _max_diff(value_head(new.params), value_head(state.params)) == 0.0
+  assert _max_diff(new.params, state.params) > 0
+
+
+def test_write_step_fills_one_row_in_place():
+  obs_spec = {"proprio": jax.ShapeDtypeStruct((B, 3), jnp.float32)}
+  slot = steps.empty_slot(obs_spec, T, B, 2, 3)
+  out = steps.ActOutput(tokens=jnp.ones((B, 2, 3), jnp.int32),
+                        log_probs=jnp.full((B, 2, 3), -1.0), value=jnp.full((B,), 0.5),
+                        actions=jnp.zeros((B, 6)))
+  result = steps.EnvStep(obs={"proprio": jnp.ones((B, 3))}, reward=jnp.full((B,), 2.0),
+                         done=jnp.ones((B,)), truncated=jnp.zeros((B,)),
+                         success=jnp.ones((B,)), episode_return=jnp.full((B,), 3.0))
+  write = jax.jit(steps.write_step, donate_argnums=0)
+  slot = write(slot, 1, {"proprio": jnp.full((B, 3), 7.0)}, out, 4, result)
+  tr = slot.transition
+  np.testing.assert_array_equal(tr.obs["proprio"][1], np.full((B, 3), 7.0))
+  np.testing.assert_array_equal(tr.obs["proprio"][0], np.zeros((B, 3)))
+  np.testing.assert_array_equal(tr.version[1], [4] * B)
+  np.testing.assert_array_equal(tr.version[0], [0] * B)
+  assert tr.done.dtype == bool and bool(tr.done[1].all()) and not bool(tr.done[0].any())
+  metrics = steps.slot_metrics(slot)
+  assert float(metrics["rollout/episodes"]) == B
+  assert float(metrics["rollout/success_rate"]) == 1.0
+  assert float(metrics["rollout/episode_return"]) == 3.0
+  assert float(metrics["rollout/version_max"]) == 4.0
