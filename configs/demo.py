@@ -9,7 +9,8 @@ or, for the seconds-long smoke configuration used by the tests:
     python -m dvla_jax.main --config=configs/demo.py:tiny --workdir=/tmp/dvla_tiny
 
 `get_config(arg)` takes one of:
-  ""      the demo as shipped (the `small` model, 128 envs, 50 iterations).
+  ""      the demo as shipped: the `small` model, 128 envs; 400 behaviour-cloning steps
+          on the scripted expert, then 40 PPO iterations.
   "tiny"  a seconds-long run: 8 envs, the `tiny` model, 2 iterations.
 """
 
@@ -25,7 +26,10 @@ def get_config(arg: str = ""):
   config.rl.rollout_length = 16
   config.rl.lr = 1e-3
   config.rl.max_grad_norm = 5.0
-  config.train.iterations = 50
+  # Warm start: behaviour-clone the scripted expert for a few hundred steps, then PPO.
+  config.rl.warmstart_steps = 400
+  config.sft.batch_size = 128
+  config.train.iterations = 40
   config.train.log_every = 2
   config.train.eval_every = 10
   config.train.eval_episodes = 128
@@ -39,6 +43,9 @@ def get_config(arg: str = ""):
     config.rl.num_minibatches = 2
     config.rl.update_epochs = 1
     config.train.iterations = 2
+    config.rl.warmstart_steps = 2  # exercises the warm start at a few seconds' cost
+    config.sft.episodes = 8
+    config.sft.batch_size = 16
     config.train.eval_every = 2
     config.train.eval_episodes = 8
     config.train.log_every = 1

@@ -7,6 +7,12 @@ from the newest checkpoint there). Example:
     python -m dvla_jax.main --config=configs/demo.py:tiny --workdir=/tmp/dvla_tiny \
         --config.rl.lr=1e-4
 
+Supervised warm-start first, then RL from it (`--config.mode=sft`, `dvla_jax.training.sft`):
+
+    python -m dvla_jax.main --config=configs/demo.py --workdir=/tmp/sft --config.mode=sft
+    python -m dvla_jax.main --config=configs/demo.py --workdir=/tmp/rl \
+        --config.rl.init_from=/tmp/sft
+
 A user mistake (unknown or mistyped config field, value out of range, missing config file
 or workdir) prints one line, `config error: ...`, to stderr and exits with status 2 before
 anything heavy is imported or compiled.
@@ -200,11 +206,15 @@ def main(argv: Sequence[str]) -> None:
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
   # Imported here so that --help and config errors do not wait for JAX and MJX.
+  from dvla_jax.training import sft  # pylint: disable=g-import-not-at-top
   from dvla_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   logging.info("workdir %s, config:\n%s", _WORKDIR.value, config)
   try:
-    final = trainer.train(config, _WORKDIR.value)
+    if config.mode == "sft":  # Behaviour cloning; RL starts from it with rl.init_from.
+      final = sft.train(config, _WORKDIR.value)
+    else:
+      final = trainer.train(config, _WORKDIR.value)
   except config_check.ConfigError as e:  # A placement the devices present cannot hold.
     _fail(str(e))
   logging.info("final metrics: %s", final)

@@ -21,13 +21,16 @@ from dvla_jax.envs import mjx_env
 from dvla_jax.envs import scene
 from dvla_jax.envs import tasks
 
-HOVER = 0.1  # TCP height for empty moves: the fingers clear every object.
-CARRY = 0.13  # Centre height of a carried object: its bottom clears a stack of two cubes.
+HOVER = 0.1  # TCP height for empty moves: the fingertips clear a stack of two cubes.
+CARRY = 0.12  # Centre height of a carried object: its bottom clears a stack of two cubes.
 PUSH_HOVER = 0.08
 _OPEN, _SHUT = -1.0, 1.0
 _ALIGNED = 0.008  # TCP-to-object horizontal error at which the fingers close.
 _NEAR = 0.02  # Horizontal error within which the gripper descends (open fingers clear 2.9 cm).
-_CARRY_SPEED = 0.75  # Fraction of max_delta while holding something.
+_CARRY_SPEED = 1.0  # Fraction of max_delta while holding something.
+_PUSH_SPEED = 0.5  # Fraction of max_delta while pushing: faster pushes kick the object away.
+_PUSH_CLEARANCE = 0.065  # A pushed object's path keeps this far from other objects' centres.
+_PUSH_REACH = 0.2  # Detour points stay this far inside the gripper's workspace.
 
 
 def suite_expert(env, state: mjx_env.State) -> jax.Array:
@@ -64,9 +67,12 @@ def suite_expert(env, state: mjx_env.State) -> jax.Array:
   lift_goal = jnp.concatenate([o[:2], jnp.array([CARRY])])
 
   grasp = _grasp(tcp, o, finger, closure)
+  # Other objects, with this one moved far away so that it never blocks its own path.
+  others = pos.at[obj].set(jnp.array([10.0, 10.0, 0.0]))
+  push = _push(tcp, o, pad, others)
   plans = [
       _reach(tcp, o, h),
-      _push(tcp, o, pad),
+      push[:2],
       _pick(tcp, o, lift_goal, gripped, finger, grasp, release=False),
       _pick(tcp, o, place_goal, gripped, finger, grasp, release=True),
       _pick(tcp, o, stack_goal, gripped, finger, grasp, release=True),
@@ -75,6 +81,7 @@ def suite_expert(env, state: mjx_env.State) -> jax.Array:
   target = jnp.stack([p[0] for p in plans])[which]
   grip = jnp.stack([p[1] for p in plans])[which]
   speed = jnp.where(gripped, _CARRY_SPEED, 1.0)
+  speed = jnp.where((fam == tasks.PUSH) & push[2], _PUSH_SPEED, speed)
   return _chunk(data.ctrl[:3], target, grip, speed, env.config.max_delta,
                 env.config.action_horizon)
 
@@ -96,7 +103,7 @@ def _above(tcp, xy, z_travel, z_goal, near):
   way down instead of climbing back up (no dithering between the two).
   """
   far = jnp.linalg.norm(tcp[:2] - xy) > near
-  low = tcp[2] < z_travel - 0.03
+  low = tcp[2] < z_travel - 0.015
   up = jnp.concatenate([tcp[:2], jnp.array([z_travel])])
   across = jnp.concatenate([xy, jnp.array([z_travel])])
   down = jnp.concatenate([xy, z_goal[None]])
@@ -133,9 +140,22 @@ def _pick(tcp, o, goal, gripped, finger, grasp, release):
   return target, grip
 
 
-def _push(tcp, o, pad):
-  """Closed fingers behind the object, pushing it along the line to the pad centre."""
-  d = pad[:2] - o[:2]
+def _push(tcp, o, pad, others):
+  """Closed fingers behind the object, pushing it to the pad centre around other objects.
+
+  The object goes straight for the pad when that path passes clear of `others` [K, 3],
+  otherwise by way of a point to one side of it (the nearest clear detour).
+  """
+  mid, d = 0.5 * (o[:2] + pad[:2]), pad[:2] - o[:2]
+  side = jnp.array([-d[1], d[0]]) / jnp.maximum(jnp.linalg.norm(d), 1e-6)
+  vias = [mid + k * side for k in (0.09, -0.09, 0.15, -0.15)]
+  vias = [jnp.clip(v, -_PUSH_REACH, _PUSH_REACH) for v in vias]
+  clear = [_clear(o[:2], v, others) & _clear(v, pad[:2], others) for v in vias]
+  goal = pad[:2]
+  for v, ok in reversed(list(zip(vias, clear))):
+    goal = jnp.where(ok, v, goal)
+  goal = jnp.where(_clear(o[:2], pad[:2], others), pad[:2], goal)
+  d = goal - o[:2]
   dist = jnp.linalg.norm(d)
   u = d / jnp.maximum(dist, 1e-6)
   behind = o[:2] - u * 0.05
@@ -144,9 +164,18 @@ def _push(tcp, o, pad):
   lateral = jnp.linalg.norm(rel - along * u)
   push_z = o[2]
   in_line = (along < -0.025) & (lateral < 0.012) & (tcp[2] < push_z + 0.015)
-  shove = jnp.concatenate([o[:2] + u * (jnp.minimum(dist, 0.03) - 0.035), push_z[None]])
+  # Aim just past the contact point, so the fingers lean on the object without striking it.
+  shove = jnp.concatenate([o[:2] + u * (jnp.minimum(dist, 0.02) - 0.034), push_z[None]])
   approach = _above(tcp, behind, PUSH_HOVER, push_z, 0.012)
-  return jnp.where(in_line, shove, approach), jnp.asarray(_SHUT)
+  return jnp.where(in_line, shove, approach), jnp.asarray(_SHUT), in_line
+
+
+def _clear(a, b, others):
+  """Whether the segment a -> b passes at least _PUSH_CLEARANCE from every point in others."""
+  ab = b - a
+  t = jnp.clip(((others[:, :2] - a) @ ab) / jnp.maximum(ab @ ab, 1e-9), 0.0, 1.0)
+  gap = jnp.linalg.norm(others[:, :2] - (a + t[:, None] * ab), axis=-1)
+  return jnp.all(gap > _PUSH_CLEARANCE)
 
 
 # -- Success tables -------------------------------------------------------------------------
@@ -248,7 +277,7 @@ def expert_table(task_names: Sequence[str] | None = None,
         episodes, seed)
   if in_suite:
     cfg = suite.SuiteEnv.default_config(
-        config, **_batch_fields(config, 8 * len(in_suite)))
+        config, task_names=in_suite, **_batch_fields(config, 8 * len(in_suite)))
     env = suite.SuiteEnv(cfg, in_suite)
     ids = np.arange(cfg.num_worlds) % len(in_suite)
     reset = jax.jit(lambda r: jax.vmap(env.reset_task)(

@@ -27,6 +27,10 @@ State = brax_base.State
 
 # Warp prints a line per compiled kernel module otherwise.
 warp.config.quiet = True
+warp.config.log_level = warp.LOG_WARNING
+
+# Proprioception (positions in metres) is multiplied by this in observations.
+PROPRIO_SCALE = 4.0
 
 # Depth images are divided by this many metres (and clipped to [0, 1]).
 DEPTH_SCALE = 2.0
@@ -96,6 +100,8 @@ class TabletopEnv(brax_base.Env):
     for cam in config.cameras:
       if cam not in names:
         raise ValueError(f"EnvConfig.cameras: unknown camera {cam!r}; allowed: {', '.join(names)}")
+    if len(set(config.cameras)) != len(config.cameras):
+      raise ValueError(f"EnvConfig.cameras={config.cameras!r}; allowed: each camera at most once")
     self.mjx_model = _quiet_solver(mjx.put_model(self.mj_model, impl=config.impl))
     self._home = self.mj_model.key("home")
     self._gripper_body = self.mj_model.body("gripper").id
@@ -111,7 +117,8 @@ class TabletopEnv(brax_base.Env):
           mjm=self.mj_model, nworld=config.num_worlds,
           cam_res=(config.image_size, config.image_size), use_textures=False,
           use_shadows=False, render_rgb=True, render_depth=config.depth,
-          cam_active=[i in self._camera_ids for i in range(self.mj_model.ncam)],
+          # Ids in config order: the renderer numbers its images in this order.
+          cam_active=[int(i) for i in self._camera_ids],
           enabled_geom_groups=[0, 1, 2])
       self._render_ctx = self._render_context.pytree()
     table = self.instruction_table()
@@ -255,19 +262,25 @@ class TabletopEnv(brax_base.Env):
     model = self._render_model(info)
     data = mjx.refit_bvh(model, data, self._render_ctx)
     rgb, raw_depth, data = mjx.render(model, data, self._render_ctx)
-    image = jnp.stack([mjx.get_rgb(self._render_ctx, c, rgb) for c in self._camera_ids])
+    image = jnp.stack([mjx.get_rgb(self._render_ctx, i, rgb) for i in range(ncam)])
     if self.config.depth:
-      depth = jnp.stack([mjx.get_depth(self._render_ctx, c, raw_depth, DEPTH_SCALE)
-                         for c in self._camera_ids])
+      depth = jnp.stack([mjx.get_depth(self._render_ctx, i, raw_depth, DEPTH_SCALE)
+                         for i in range(ncam)])
     return data, jnp.round(image * 255.0).astype(jnp.uint8), depth
 
   def _observe(self, data: mjx.Data, info: dict[str, Any]) -> tuple[mjx.Data, dict[str, Any]]:
     data, image, depth = self._render(data, info)
     text = jnp.asarray(self._instructions)[info["task"]["instruction"]]
-    obs = {"image": image, "text": text, "proprio": self._proprio(data).astype(jnp.float32)}
+    # Metres are small numbers; scaled so the workspace spans about [-1, 1] for the policy.
+    proprio = self._proprio(data).astype(jnp.float32) * PROPRIO_SCALE
+    obs = {"image": image, "text": text, "proprio": proprio}
     if depth is not None:
       obs["depth"] = depth
     return data, obs
+
+  def evaluate(self, state: State) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """(success, distance, extra metrics) of one world's state, as the reward sees it now."""
+    return self._evaluate(state.pipeline_state, state.info["task"])
 
   def expert_action(self, state: State) -> jax.Array:
     """Scripted expert with privileged state: the action chunk [H * D] for one world."""

@@ -73,10 +73,9 @@ def default_config(name: str, config: mjx_env.EnvConfig | None = None,
     ValueError: a field is out of range (one line naming it).
   """
   check_task(name)
-  config = (config or mjx_env.EnvConfig()).replace(**changes)
-  if name in tasks.BY_NAME and config.episode_length is None:
-    config = config.replace(episode_length=tasks.BY_NAME[name].episode_length)
-  return _TASKS[name][1].default_config(config)
+  if name in tasks.BY_NAME:
+    return suite.SuiteEnv.default_config(config, task_names=(name,), **changes)
+  return _TASKS[name][1].default_config(config, **changes)
 
 
 def make(name: str, config: mjx_env.EnvConfig | None = None) -> mjx_env.TabletopEnv:

@@ -10,6 +10,7 @@ absolute grip command (-1 open .. +1 shut). Proprioception: TCP position, actuat
 (x, y, z, finger), and the finger gap.
 """
 
+import math
 from typing import Any, Sequence
 
 import jax
@@ -28,8 +29,15 @@ REACH_TOLERANCE = 0.03  # TCP to the top of the object for "touch".
 _RESTING = 0.01  # Height above its resting height at which an object still rests.
 _GRIP_SLACK = 0.008  # Finger travel short of contact below which the gripper has let go.
 _MAX_STAGES = 2
+# Random layouts: distinct cells of a _GRID x _GRID grid over +-_LAYOUT_HALF, jittered so that
+# centres stay _MIN_SEPARATION apart (open fingers reach 6.1 cm sideways, objects 2 cm).
+_GRID = 4
+_LAYOUT_HALF = 0.22
+_MIN_SEPARATION = 0.09
+_FIXED_JITTER = 0.015
 _LAYOUT_TRIES = 8
 _RELATION_MARGIN = 0.06
+_MAX_YAW = 0.3  # Boxes start turned by up to this many radians.
 
 
 class SuiteEnv(mjx_env.TabletopEnv):
@@ -48,8 +56,7 @@ class SuiteEnv(mjx_env.TabletopEnv):
     if not task_names:
       raise ValueError("SuiteEnv needs at least one task")
     self.specs = tuple(tasks.BY_NAME[n] for n in task_names)
-    if config.episode_length is None:
-      config = config.replace(episode_length=max(s.episode_length for s in self.specs))
+    config = self.default_config(config, task_names=task_names)
     self._tables = _task_tables(self.specs)
     self.heights = np.array([o.height for o in self.objects], np.float32)
     self.half_widths = np.array([o.half_size for o in self.objects], np.float32)
@@ -59,6 +66,17 @@ class SuiteEnv(mjx_env.TabletopEnv):
     self._colour_geoms = np.array([m.geom(f"{o.name}_geom").id for o in self.objects] +
                                   [m.geom(f"pad{i}_geom").id for i in range(tasks.NUM_PADS)])
     self._palette = np.array([(*scene.COLOURS[c], 1.0) for c in tasks.PALETTE], np.float32)
+
+  @classmethod
+  def default_config(cls, config: mjx_env.EnvConfig | None = None,
+                     task_names: Sequence[str] = (), **changes) -> mjx_env.EnvConfig:
+    """Like `TabletopEnv.default_config`; the episode limit defaults to the longest task's."""
+    config = (config or mjx_env.EnvConfig()).replace(**changes)
+    if config.episode_length is None and task_names:
+      # Task limits are counted at action_horizon 2: keep the same simulated time.
+      steps = max(tasks.BY_NAME[n].episode_length for n in task_names)
+      config = config.replace(episode_length=max(math.ceil(steps * 2 / config.action_horizon), 1))
+    return super().default_config(config)
 
   @property
   def task_names(self) -> list[str]:
@@ -84,17 +102,20 @@ class SuiteEnv(mjx_env.TabletopEnv):
 
   def _sample_task(self, rng, task):
     t = {k: jnp.asarray(v)[task] for k, v in self._tables.items()}
-    layout_rng, yaw_rng, colour_rng, phrase_rng = jax.random.split(rng, 4)
-    xy, target = _sample_layout(layout_rng, t["layout_fixed"], t["relation"])
+    # One draw for everything: each random call inlines its own generator, and many small
+    # calls under vmap made this function the slowest part of the compile.
+    u = _Uniforms(jax.random.uniform(rng, (_Uniforms.size,)))
+    xy, target = _sample_layout(u, t["layout_fixed"], t["relation"])
     obj = jnp.where(t["relation"] >= 0, target, t["obj"])
     n = len(self.objects)
     boxes = jnp.asarray([o.shape == "box" for o in self.objects])
-    yaw = jnp.where(boxes, jax.random.uniform(yaw_rng, (n,), minval=-0.3, maxval=0.3), 0.0)
+    yaw = jnp.where(boxes, (u.take("yaw") * 2.0 - 1.0) * _MAX_YAW, 0.0)
     quat = jnp.stack([jnp.cos(yaw / 2), 0 * yaw, 0 * yaw, jnp.sin(yaw / 2)], axis=-1)
     qpos = jnp.concatenate([xy[:n], jnp.asarray(self.heights)[:, None], quat], axis=-1)
-    shuffled = jax.random.permutation(colour_rng, len(tasks.PALETTE))[:tasks.NUM_ENTITIES]
+    shuffled = jnp.argsort(u.take("colour"))[:tasks.NUM_ENTITIES]
     colour = jnp.where(t["shuffle"], shuffled, t["colours"])
-    phrase = jax.random.randint(phrase_rng, (), 0, t["num_phrases"])
+    phrase = jnp.minimum(jnp.floor(u.take("phrase")[0] * t["num_phrases"]).astype(jnp.int32),
+                         t["num_phrases"] - 1)
     info = {"task": task, "instruction": _instruction_index(t, phrase, colour),
             "family": t["family"], "obj": obj, "dest": t["dest"], "colour": colour,
             "pad_xy": xy[n:]}
@@ -225,18 +246,38 @@ def _instruction_index(t: dict[str, jax.Array], phrase: jax.Array, colour: jax.A
   return t["offset"] + phrase * radix ** t["num_mentioned"] + acc
 
 
-def _sample_layout(rng, fixed, relation):
+class _Uniforms:
+  """Named slices of one uniform [0, 1) draw."""
+
+  shapes = {"cells": (_LAYOUT_TRIES, _GRID * _GRID),
+            "jitter": (_LAYOUT_TRIES, tasks.NUM_ENTITIES, 2), "fixed": (tasks.NUM_ENTITIES, 2),
+            "yaw": (len(tasks.SCENE_OBJECTS),), "colour": (len(tasks.PALETTE),), "phrase": (1,)}
+  size = sum(math.prod(v) for v in shapes.values())
+
+  def __init__(self, u: jax.Array):
+    self._parts, start = {}, 0
+    for name, shape in self.shapes.items():
+      self._parts[name] = u[start:start + math.prod(shape)].reshape(shape)
+      start += math.prod(shape)
+
+  def take(self, name: str) -> jax.Array:
+    return self._parts[name]
+
+
+def _sample_layout(u: _Uniforms, fixed, relation):
   """Entity xy [objects + pads, 2] and, for a relation task, the cube it names.
 
-  Random layouts try a few candidates and keep the first whose relation is clear-cut (the two
-  cubes differ by at least _RELATION_MARGIN in the relation's key).
+  Random layouts put the entities in distinct cells of a jittered grid (so no two are closer
+  than _MIN_SEPARATION); a few candidates are drawn and the first whose relation is clear-cut
+  (the two cubes differ by at least _RELATION_MARGIN in the relation's key) is kept.
   """
   n = tasks.NUM_ENTITIES
-  jitter_rng, rng = jax.random.split(rng)
-  cands = jax.vmap(lambda k: mjx_env.sample_separated_xy(k, n, 0.19, 0.1))(
-      jax.random.split(rng, _LAYOUT_TRIES))
-  fixed_xy = jnp.asarray(tasks.FIXED_XY) + jax.random.uniform(
-      jitter_rng, (n, 2), minval=-0.015, maxval=0.015)
+  cell = 2 * _LAYOUT_HALF / _GRID
+  idx = jnp.argsort(u.take("cells"), axis=-1)[:, :n]  # [tries, n] distinct cells
+  ij = jnp.stack([idx // _GRID, idx % _GRID], axis=-1).astype(jnp.float32)
+  slack = cell - _MIN_SEPARATION
+  cands = -_LAYOUT_HALF + (ij + 0.5) * cell + (u.take("jitter") - 0.5) * slack
+  fixed_xy = jnp.asarray(tasks.FIXED_XY) + (u.take("fixed") - 0.5) * 2 * _FIXED_JITTER
   cands = jnp.where(fixed, fixed_xy[None], cands)
   ball = tasks.object_index("ball")
   keys = jnp.stack([cands[:, :2, 0], -cands[:, :2, 0], cands[:, :2, 1], -cands[:, :2, 1],

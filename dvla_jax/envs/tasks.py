@@ -82,6 +82,10 @@ class TaskSpec:
   episode_length: int = 40
 
 
+def object_index(name: str) -> int:
+  return [o.name for o in SCENE_OBJECTS].index(name)
+
+
 def _place_phrases(obj="{a}", dest="{p}"):
   return (f"put the {obj} on the {dest}", f"pick up the {obj} and place it on the {dest}",
           f"move the {obj} onto the {dest}")
@@ -99,8 +103,9 @@ def _spatial(rel: str) -> TaskSpec:
 
 
 def _object(obj: str) -> TaskSpec:
-  return TaskSpec(f"object_place_{obj}", "object",
-                  f"place the {obj} on the named pad; colours shuffle every episode",
+  word = SHAPE_WORDS[object_index(obj)]
+  return TaskSpec(f"object_place_{word}", "object",
+                  f"place the {word} on the pad the instruction names; colours shuffle",
                   (Stage(PLACE, obj, 1),), _place_phrases(), colours="shuffle")
 
 
@@ -125,36 +130,32 @@ TASKS: tuple[TaskSpec, ...] = (
              (Stage(STACK, "cube_a", "cube_b"),),
              ("stack the {a} on the {p}", "put the {a} on top of the {p}",
               "place the {a} on the {p}"), layout="fixed"),
-    TaskSpec("long_place_then_push", "long",
-             "put the red cube on the green pad, then push the blue cube to the orange pad",
-             (Stage(PLACE, "cube_a", 0), Stage(PUSH, "cube_b", 1)),
-             ("put the {a} on the {p} and then push the {b} to the {q}",
-              "first place the {a} on the {p}, then slide the {b} onto the {q}"),
-             episode_length=80),
+    TaskSpec("long_push_then_place", "long",
+             "push the blue cube to the orange pad, then put the red cube on the green pad",
+             (Stage(PUSH, "cube_b", 1), Stage(PLACE, "cube_a", 0)),
+             ("push the {a} to the {p} and then put the {b} on the {q}",
+              "first slide the {a} onto the {p}, then place the {b} on the {q}"),
+             episode_length=64),
     TaskSpec("long_place_then_stack", "long",
              "put the blue cube on the orange pad, then stack the red cube on it",
              (Stage(PLACE, "cube_b", 1), Stage(STACK, "cube_a", "cube_b")),
              ("put the {a} on the {p} and then stack the {b} on it",
               "first place the {a} on the {p}, then put the {b} on top of it"),
-             episode_length=80),
+             episode_length=64),
     TaskSpec("long_place_two", "long",
              "put the cylinder on the green pad and the ball on the orange pad",
              (Stage(PLACE, "cylinder", 0), Stage(PLACE, "ball", 1)),
              ("put the {a} on the {p} and the {b} on the {q}",
               "place the {a} on the {p}, then the {b} on the {q}"),
-             episode_length=80),
+             episode_length=64),
     TaskSpec("long_stack_then_place", "long",
              "stack the red cube on the blue cube, then put the block on the green pad",
              (Stage(STACK, "cube_a", "cube_b"), Stage(PLACE, "block", 0)),
              ("stack the {a} on the {p} and then put the {b} on the {q}",
               "first put the {a} on top of the {p}, then place the {b} on the {q}"),
-             episode_length=80),
+             episode_length=64),
 )
 BY_NAME = {t.name: t for t in TASKS}
-
-
-def object_index(name: str) -> int:
-  return [o.name for o in SCENE_OBJECTS].index(name)
 
 
 def default_colours(spec: TaskSpec) -> tuple[int, ...]:

@@ -169,9 +169,10 @@ PRESETS: dict[str, VLAConfig] = {
     "7b": VLAConfig(**_BIG_IMAGE, width=4096, depth=33, num_heads=32, mlp_dim=16384,
                     vit_width=1152, vit_depth=27, vit_num_heads=16, vit_mlp_dim=4304),
     # For planning only (`tools/plan_memory.py`): a 1T trunk is never allocated here. 192 heads
-    # of 128 and a width of 3 * 2^13 split over tensor and fsdp axes up to 64 and 8192.
+    # of 128, a trunk width of 3 * 2^13 and a ViT width of 2^11 split over tensor axes up to 64
+    # and fsdp axes up to 2048.
     "1t": VLAConfig(**_BIG_IMAGE, width=24576, depth=138, num_heads=192, mlp_dim=98304,
-                    vit_width=1152, vit_depth=27, vit_num_heads=16, vit_mlp_dim=4304),
+                    vit_width=2048, vit_depth=24, vit_num_heads=16, vit_mlp_dim=8192),
 }
 
 # Nominal total parameter counts the large presets are sized for.

@@ -42,6 +42,7 @@ from dvla_jax.parallel import sharding as sharding_lib
 GIB = 1024 ** 3
 MESH_AXES = ("data", "fsdp", "tensor")
 _ADAM_MOMENT_BYTES = 2 * 4  # mu and nu, float32 per parameter
+_ADAM_COUNT_BYTES = 4  # the int32 step count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +240,7 @@ def plan_memory(config: models.VLAConfig, mesh_shape: Mapping[str, int], *,
   b = per_device_batch(batch, mesh, rules)
   learner = StepPlan("learner", {
       "parameters": learner_params,
-      "optimizer state": learner_elems * _ADAM_MOMENT_BYTES,
+      "optimizer state": learner_elems * _ADAM_MOMENT_BYTES + _ADAM_COUNT_BYTES,
       "gradients": learner_params,
       "activations": _activations(config, b, mesh, rules, config.remat, training=True),
       "fsdp gather": _gather_bytes(state, mesh, rules),
@@ -265,7 +266,9 @@ def format_plan(plan: MemoryPlan, device_bytes: Optional[int] = None) -> str:
     return ",".join(f"{a}={shape[a]}" for a in MESH_AXES)
 
   c = plan.config
-  lines = [f"model: {plan.num_params:,} parameters ({plan.num_params / 1e9:.3g}B), "
+  n = plan.num_params
+  scale = next((x for x in ((1e12, "T"), (1e9, "B"), (1e6, "M")) if n >= x[0]), (1e3, "K"))
+  lines = [f"model: {n:,} parameters ({n / scale[0]:.3g}{scale[1]}), "
            f"dtype {c.dtype}, param_dtype {c.param_dtype}, remat {c.remat}, "
            f"sequence {c.seq_len} tokens",
            f"learner mesh {mesh_text(plan.mesh)} ({math.prod(plan.mesh.values())} devices), "

@@ -99,7 +99,7 @@ class AsyncPipeline:
     """
     cfg = self.comp.config.swimlanes
     num_groups = len(self.comp.groups)
-    num_slots = cfg.num_slots or num_groups + 2
+    num_slots = cfg.num_slots or num_groups + 1
     self.state, self.iteration = train_state, start
     self._learner_version = self._actor_version = start
     sup = self.supervisor = Supervisor(stop)
@@ -210,9 +210,9 @@ class AsyncPipeline:
         learner_box.put(it, jax.block_until_ready(st.snapshot(state)))
       with self._lock:
         self._learner_version = it
+      on_update(it, state, metrics)
       done += 1
       self.faults.check("gradient", done)
-      on_update(it, state, metrics)
     stop.set()  # Done: the other lanes return at their next wait.
 
   def _distribution(self, learner_box: Mailbox, actor_box: Mailbox) -> None:

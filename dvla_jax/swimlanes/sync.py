@@ -105,12 +105,12 @@ class SyncPipeline:
         self.state, metrics = st.learn(self.state, slot, bootstrap, it + 1)
         self._ready(self.state)
       ring.release(slot)
+      self.iteration = it + 1
+      on_update(it + 1, self.state, metrics)
       counts["gradient"] += 1
       self.faults.check("gradient", counts["gradient"])
       with tr.span("distribution", f"transfer v{it + 1}"):
         params = self._ready(st.distribute(st.snapshot(self.state)))
       counts["distribution"] += 1
       self.faults.check("distribution", counts["distribution"])
-      self.iteration = it + 1
-      on_update(it + 1, self.state, metrics)
     return self.state, self.iteration

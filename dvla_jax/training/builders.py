@@ -146,13 +146,14 @@ def env_config(config, num_worlds: Optional[int] = None) -> envs.EnvConfig:
 
 
 def model_config(config, env: envs.TabletopEnv) -> models.VLAConfig:
-  """The preset, with image size, chunk shape and proprio size taken from the env."""
+  """The preset, with image size, chunk shape and proprio size taken from the env, and the
+  compute dtype and remat choice from `config.model`."""
   obs_size = env.observation_size
   return models.get_preset(
       config.model.preset, image_size=env.config.image_size,
       num_cameras=obs_size["image"][0], max_text_len=obs_size["text"][0],
       proprio_dim=obs_size["proprio"][0], action_horizon=env.config.action_horizon,
-      action_dim=env.action_dim)
+      action_dim=env.action_dim, dtype=config.model.dtype, remat=config.model.remat)
 
 
 def make_optimizer(rl_config) -> optax.GradientTransformation:

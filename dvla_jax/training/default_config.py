@@ -5,7 +5,8 @@ holds the allowed values and is run by `main` before anything is compiled.
 
 Fields:
   seed: base PRNG seed; every random stream is `fold_in(seed, purpose)`.
-  mode: "rl" (PPO fine-tuning).
+  mode: "rl" (PPO / GRPO fine-tuning) or "sft" (supervised warm-start: behaviour cloning of
+    the task's scripted expert, `dvla_jax.training.sft`; an iteration is one gradient step).
   pipeline: "sync" (roll out one env group, then update, repeated, on one thread) or "async"
     (the four swimlanes: sampling, inference, gradient and distribution threads). Both run the
     same compiled functions.
@@ -19,6 +20,10 @@ Fields:
   model.preset: size preset (`tiny`, `small`, ...); see `dvla_jax.models`.
   model.action_horizon: H, steps per action chunk (0 = the preset's).
   model.temperature: sampling temperature of the action tokens during rollouts.
+  model.dtype: compute dtype, "float32" or "bfloat16"; parameters and optimizer state stay
+    float32 (master weights), logits and values are computed in float32.
+  model.remat: rematerialise the trunk blocks in the backward pass (less activation memory,
+    one more forward pass of compute).
 
   rl.algo: "ppo" (GAE with the value head) or "grpo" (group-normalised episode returns, no
     critic; envs in blocks of `rl.group_size` share a layout).
@@ -39,6 +44,21 @@ Fields:
   rl.max_staleness: samples more than this many policy versions older than the learner are
     dropped from the loss (-1 = keep all).
   rl.group_size: G, GRPO group size (envs that share a layout).
+  rl.warmstart_steps: behaviour-cloning steps on the task's scripted expert at the start of a
+    fresh run (no checkpoint, no `rl.init_from`), after the iteration-0 evaluation; uses the
+    `sft.*` settings (see `dvla_jax/training/warmstart.py`). 0 = off.
+  rl.init_from: warm start, e.g. from an SFT run: a workdir (or its checkpoints directory)
+    whose newest `params` item initialises the policy when this run's workdir has no
+    checkpoint yet; the optimizer state and iteration count start fresh ("" = random init).
+
+  sft.demos: demonstrations written by `tools/write_demos.py` for this task and env settings;
+    "" records them in-process with the task's scripted expert before training.
+  sft.episodes: demonstration episodes trained on (the first ones).
+  sft.holdout_episodes: episodes after those, held out for `sft/holdout_loss`.
+  sft.expert_noise: std of the noise added to the actions the expert executes while
+    recording (the labels stay the clean expert actions), so the demonstrations show recoveries.
+  sft.batch_size: demonstration steps per gradient step.
+  sft.lr: Adam learning rate (the gradient clip is `rl.max_grad_norm`).
 
   placement.mode: "colocated" (every plane on the same devices; automatic device ids start
     at 0 for each plane) or "disaggregated" (disjoint device sets; automatic ids are taken in
@@ -54,7 +74,8 @@ Fields:
   swimlanes.env_groups: env groups (separate env instances of num_envs / env_groups worlds);
     async needs >= 2 so that one group simulates while another is in inference.
   swimlanes.num_slots: rollout slots [T, envs_per_group, ...] in the ring on the actor mesh
-    (0 = env_groups + 2); an empty ring is backpressure on the inference lane.
+    (0 = env_groups + 1: one filling per group and one full slot waiting for the learner); an
+    empty ring is backpressure on the inference lane, and fewer slots mean less policy lag.
   swimlanes.queue_size: capacity of each bounded data-plane channel.
   swimlanes.poll_s: how often every blocking wait wakes up to check the stop event.
   swimlanes.stall_timeout_s: a single wait longer than this fails its lane (a deadlock guard).
@@ -106,6 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.preset = "small"
   config.model.action_horizon = 0
   config.model.temperature = 1.0
+  config.model.dtype = "float32"
+  config.model.remat = False
 
   config.rl = ml_collections.ConfigDict()
   config.rl.algo = "ppo"
@@ -125,6 +148,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.rl.behaviour_weight_cap = 2.0
   config.rl.max_staleness = 2
   config.rl.group_size = 4
+  config.rl.init_from = ""
+  config.rl.warmstart_steps = 0
+
+  config.sft = ml_collections.ConfigDict()
+  config.sft.demos = ""
+  config.sft.episodes = 256
+  config.sft.holdout_episodes = 32
+  config.sft.expert_noise = 0.1
+  config.sft.batch_size = 64
+  config.sft.lr = 1e-3
 
   config.placement = ml_collections.ConfigDict()
   config.placement.mode = "colocated"

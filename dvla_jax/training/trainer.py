@@ -24,17 +24,21 @@ from absl import logging
 import jax
 import numpy as np
 
+from dvla_jax import models
 from dvla_jax import parallel
 from dvla_jax.swimlanes import pipeline as async_pipeline
 from dvla_jax.swimlanes import stages
 from dvla_jax.swimlanes import sync
 from dvla_jax.swimlanes.lanes import FaultPlan
+from dvla_jax.swimlanes.lanes import LaneError
 from dvla_jax.swimlanes.tracing import Tracer
 from dvla_jax.training import builders
 from dvla_jax.training import checkpoints
 from dvla_jax.training import config_check
 from dvla_jax.training import evaluation
 from dvla_jax.training import metrics as metrics_lib
+from dvla_jax.training import sft
+from dvla_jax.training import warmstart
 
 # Independent random streams, derived from config.seed.
 _INIT, _ENV, _TRAIN, _EVAL = range(4)
@@ -110,12 +114,17 @@ def _stop_on_sigterm(stop: threading.Event, preempted: threading.Event):
 
 
 def make_placement(config) -> parallel.Placement:
-  """The plane meshes of `config.placement`; a placement the devices cannot hold is a
-  ConfigError (one line naming the field)."""
+  """The plane meshes of `config.placement`; a placement the devices cannot hold, or whose
+  model axes do not divide the model's width, heads or MLP size, is a ConfigError (one line
+  naming the field)."""
   try:
-    return parallel.Placement(parallel.make_plane_meshes(config.placement))
-  except parallel.PlacementError as e:
+    placement = parallel.Placement(parallel.make_plane_meshes(config.placement))
+    preset = models.get_preset(config.model.preset)
+    for plane in ("actor", "learner"):
+      parallel.check_mesh_divides(preset, placement.mesh(plane), where=f"placement.{plane}")
+  except (parallel.PlacementError, parallel.MeshDivisionError) as e:
     raise config_check.ConfigError(str(e)) from None
+  return placement
 
 
 class _Run:
@@ -151,6 +160,9 @@ class _Run:
       self.env_steps = int(meta.get("env_steps", 0))
       self.last_saved = latest
       logging.info("resumed from %s at iteration %d", self.ckpt.directory, latest)
+    elif config.rl.init_from:  # Warm start (e.g. from SFT): params only, fresh optimizer.
+      train_state = train_state.replace(
+          params=sft.restore_policy_params(config.rl.init_from, train_state.params))
     start = int(train_state.step)
     total = config.train.iterations
     self.steps_per_iter = config.rl.rollout_length * comp.envs_per_group
@@ -169,10 +181,19 @@ class _Run:
 
     if start == 0:
       self.result = self._evaluate(0, train_state.params)
+      if config.rl.warmstart_steps and latest is None and not config.rl.init_from:
+        train_state = train_state.replace(params=warmstart.behaviour_clone(
+            config, comp, placement, train_state.params, rng, self.progress_fn))
     logging.info("set-up and first evaluation took %.1fs", time.perf_counter() - t0)
     self.window = (time.perf_counter(), 0)
     self.tracer.reset_window()
-    train_state, done = self.pipeline.run(train_state, start, total, self._on_update, self.stop)
+    try:
+      train_state, done = self.pipeline.run(train_state, start, total, self._on_update,
+                                            self.stop)
+    except LaneError as e:
+      if isinstance(e.__cause__, BadUpdatesError):  # Raised by the callback, on a lane.
+        raise e.__cause__ from None
+      raise
     if self.preempted.is_set() and done < total:
       logging.warning("preempted at iteration %d of %d", done, total)
       if self.last_saved != done:

@@ -1,8 +1,14 @@
-"""End to end on the tiny config: train, stop, resume; the run continues from the checkpoint."""
+"""End to end on the tiny config: train, stop, resume; the run continues from the checkpoint.
+
+Also through `main` in subprocesses: SIGTERM checkpoints and exits 0, the next run resumes,
+and a lane fault exits non-zero keeping the last good checkpoint."""
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -66,3 +72,53 @@ def test_resume_continues_step_and_params(two_then_four):
 def _max_abs_diff(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _rows(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _main(workdir, *overrides):
+  root = os.path.join(os.path.dirname(__file__), "..", "..")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.abspath(root),
+             # Both runs compile the same programs: the second one reads them from disk.
+             JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "..", "jax_cache"))
+  args = [sys.executable, "-m", "dvla_jax.main", "--config=configs/demo.py:tiny",
+          f"--workdir={workdir}", "--config.pipeline=async", "--config.swimlanes.env_groups=2",
+          "--config.train.iterations=1000", "--config.train.eval_every=1000",
+          "--config.train.log_every=1", *overrides]
+  return subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_checkpoints_and_exits_0_and_the_next_run_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = _main(workdir, "--config.train.checkpoint_every=1000")
+  deadline = time.monotonic() + 600
+  while not any(r.get("step", 0) >= 2 and "learner/version" in r for r in _rows(workdir)):
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "no second iteration within 600s"
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-3000:]
+  with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    preempted_at = ckpt.latest_step()
+  assert preempted_at is not None and preempted_at >= 2  # Only the SIGTERM save exists.
+
+  # The next run resumes there; a fault after its first update exits non-zero and keeps
+  # that update's checkpoint as the newest.
+  proc = _main(workdir, "--config.train.checkpoint_every=1", "--config.testing.fault_lane=gradient",
+               "--config.testing.fault_after=1")
+  _, stderr = proc.communicate(timeout=600)
+  assert proc.returncode != 0
+  assert "gradient lane failed: InjectedFault" in stderr
+  assert "resumed from" in stderr and f"at iteration {preempted_at}" in stderr
+  with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    assert ckpt.latest_step() == preempted_at + 1
+  logged = [r["step"] for r in _rows(workdir) if "learner/version" in r]
+  assert logged[-1] == preempted_at + 1 and logged.count(preempted_at + 1) == 1
