@@ -54,6 +54,15 @@ except flags.Error as e:  # ml_collections already reads --flagfile while defini
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics; a run resumes from it.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-host runs (jax.distributed); each falls back to JAX's own environment variable.
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 in a multi-process run "
+    "(default: $JAX_COORDINATOR_ADDRESS; unset and no --num_processes: one process).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the run (default: $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, 0 .. num_processes - 1 (default: "
+    "$JAX_PROCESS_ID).")
 
 
 def _last_line(text: str) -> str:
@@ -186,6 +195,53 @@ def _make_workdir(workdir: str) -> None:
           f"allowed: {_ALLOWED['workdir']}")
 
 
+def _env_int(name: str) -> Optional[int]:
+  value = os.environ.get(name)
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    _fail(f"${name}={value!r} is not an integer; allowed: an integer")
+
+
+def _distributed_settings() -> Optional[tuple[Optional[str], Optional[int], Optional[int]]]:
+  """(coordinator address, process count, process id) from flags or env, checked; None when
+  the run is a single process."""
+  address = _COORDINATOR_ADDRESS.value or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  count = _NUM_PROCESSES.value if _NUM_PROCESSES.value is not None else _env_int(
+      "JAX_NUM_PROCESSES")
+  pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else _env_int("JAX_PROCESS_ID")
+  if address is None and count is None:
+    return None
+  if count is not None and count < 1:
+    _fail(f"--num_processes={count} is out of range; allowed: an integer >= 1")
+  if pid is not None and not 0 <= pid < (count or pid + 1):
+    _fail(f"--process_id={pid} is out of range; allowed: 0 .. {(count or 1) - 1}")
+  if address is not None and not re.match(r"^\S+:\d+$", address):
+    _fail(f"--coordinator_address={address!r} is malformed; allowed: HOST:PORT")
+  return address, count, pid
+
+
+def _init_distributed() -> None:
+  """Joins a multi-process run (`jax.distributed.initialize`) when flags or env ask for one.
+
+  Must run before anything touches a JAX backend. CPU collectives across processes use gloo.
+  """
+  settings = _distributed_settings()
+  if settings is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+
+  address, count, pid = settings
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=address, num_processes=count,
+                             process_id=pid)
+  if jax.process_index() != 0:  # Only process 0 writes logs.
+    logging.set_verbosity(logging.WARNING)
+  logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
 class _DropLibraryInfo(std_logging.Filter):
   """Drops INFO records from chatty libraries (orbax logs every step of every save)."""
 
@@ -196,6 +252,7 @@ class _DropLibraryInfo(std_logging.Filter):
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])!r}; allowed: --flags only")
+  _distributed_settings()  # Bad process flags fail before the config loads.
   config = _loaded_config()
   try:
     config_check.validate(config, known_tasks=config_check.registered_tasks,
@@ -204,14 +261,15 @@ def main(argv: Sequence[str]) -> None:
     _fail(str(e))
   _make_workdir(_WORKDIR.value)
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  _init_distributed()
 
   # Imported here so that --help and config errors do not wait for JAX and MJX.
-  from dvla_jax.training import sft  # pylint: disable=g-import-not-at-top
   from dvla_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   logging.info("workdir %s, config:\n%s", _WORKDIR.value, config)
   try:
     if config.mode == "sft":  # Behaviour cloning; RL starts from it with rl.init_from.
+      from dvla_jax.training import sft  # pylint: disable=g-import-not-at-top
       final = sft.train(config, _WORKDIR.value)
     else:
       final = trainer.train(config, _WORKDIR.value)

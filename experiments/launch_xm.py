@@ -127,7 +127,8 @@ def sweep_points(sweeps: Sequence[str]) -> list[list[tuple[str, str]]]:
   fields = [f for f, _ in axes]
   if len(set(fields)) != len(fields):
     raise UsageError(f"--sweep names a field twice: {', '.join(fields)}")
-  return [list(zip(fields, values)) for values in itertools.product(*(v for _, v in axes))]
+  product = itertools.product(*(values for _, values in axes))
+  return [list(zip(fields, values, strict=True)) for values in product]
 
 
 def _job_name(index: int, point: Sequence[tuple[str, str]]) -> str:

@@ -94,6 +94,19 @@ def test_upscaled_videos_are_written_per_task(tmp_path):
   assert frames[3][:, :128].mean() > 200
 
 
+def test_video_helpers():
+  frame = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+  big = videos.upscale(frame, 128)
+  assert big.shape == (128, 192, 3)  # Factor 64: the smallest that reaches 128 rows.
+  np.testing.assert_array_equal(big[::64, ::64], frame)
+  two_cameras = np.stack([np.zeros((4, 4, 3), np.uint8), np.ones((4, 4, 3), np.uint8)])
+  tiled = videos.tile(two_cameras)
+  assert tiled.shape == (4, 8, 3) and tiled[:, 4:].min() == 1 and tiled[:, :4].max() == 0
+  assert videos.video_extension("gif") == ".gif"
+  with pytest.raises(ValueError, match="allowed: auto, gif, mp4"):
+    videos.video_extension("avi")
+
+
 def _save_checkpoint(workdir: str) -> dict:
   """A run directory whose checkpoint holds a freshly initialised tiny policy (no training)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top

@@ -29,8 +29,6 @@ _ALIGNED = 0.008  # TCP-to-object horizontal error at which the fingers close.
 _NEAR = 0.02  # Horizontal error within which the gripper descends (open fingers clear 2.9 cm).
 _CARRY_SPEED = 1.0  # Fraction of max_delta while holding something.
 _PUSH_SPEED = 0.5  # Fraction of max_delta while pushing: faster pushes kick the object away.
-_PUSH_CLEARANCE = 0.065  # A pushed object's path keeps this far from other objects' centres.
-_PUSH_REACH = 0.2  # Detour points stay this far inside the gripper's workspace.
 
 
 def suite_expert(env, state: mjx_env.State) -> jax.Array:
@@ -57,7 +55,10 @@ def suite_expert(env, state: mjx_env.State) -> jax.Array:
   tcp = env.tcp_pos(data)
   finger = env.finger_pos(data)
   closure = scene.finger_closure(jnp.asarray(env.half_widths)[obj])
-  gripped = env.holding(data, obj) & (finger > closure - 0.003) & (finger < closure + 0.008)
+  # Closed on it: told to shut, stalled by the object before shutting completely.
+  gripped = (env.holding(data, obj) & (data.ctrl[3] > 0.9 * scene.FINGER_TRAVEL)
+             & (jnp.abs(env.finger_vel(data)) < 0.02)
+             & (finger < scene.FINGER_TRAVEL - 0.006))
 
   pad = data.mocap_pos[jnp.clip(dest, 0, tasks.NUM_PADS - 1)]
   base_i = jnp.clip(dest, 0, len(env.objects) - 1)
@@ -67,9 +68,7 @@ def suite_expert(env, state: mjx_env.State) -> jax.Array:
   lift_goal = jnp.concatenate([o[:2], jnp.array([CARRY])])
 
   grasp = _grasp(tcp, o, finger, closure)
-  # Other objects, with this one moved far away so that it never blocks its own path.
-  others = pos.at[obj].set(jnp.array([10.0, 10.0, 0.0]))
-  push = _push(tcp, o, pad, others)
+  push = _push(tcp, o, pad, finger)
   plans = [
       _reach(tcp, o, h),
       push[:2],
@@ -119,11 +118,16 @@ def _grasp(tcp, o, finger, closure):
   """Approach with open fingers, descend around the object, close."""
   aligned = jnp.linalg.norm(tcp[:2] - o[:2]) < _ALIGNED
   low = tcp[2] < o[2] + 0.012
-  missed = finger > closure + 0.008  # Shut past the object: it slipped out.
+  near = jnp.linalg.norm(tcp[:2] - o[:2]) < _NEAR
+  missed = near & (finger > closure + 0.008)  # Shut past the object here: it slipped out.
   close = aligned & low & ~missed
   target = _above(tcp, o[:2], HOVER, o[2], _NEAR)
   target = jnp.where(missed, jnp.concatenate([o[:2], jnp.array([HOVER])]), target)
-  return target, jnp.where(close, _SHUT, _OPEN)
+  # Climbing away from something else (e.g. an object just pushed), fingers keep still:
+  # opening them low down would swat whatever they touch.
+  climbing = ~near & (tcp[2] < HOVER - 0.015)
+  keep = jnp.where(finger > 0.5 * scene.FINGER_TRAVEL, _SHUT, _OPEN)
+  return target, jnp.where(close, _SHUT, jnp.where(climbing, keep, _OPEN))
 
 
 def _pick(tcp, o, goal, gripped, finger, grasp, release):
@@ -140,22 +144,12 @@ def _pick(tcp, o, goal, gripped, finger, grasp, release):
   return target, grip
 
 
-def _push(tcp, o, pad, others):
-  """Closed fingers behind the object, pushing it to the pad centre around other objects.
+def _push(tcp, o, pad, finger):
+  """Closed fingers behind the object, pushing it along the line to the pad centre.
 
-  The object goes straight for the pad when that path passes clear of `others` [K, 3],
-  otherwise by way of a point to one side of it (the nearest clear detour).
+  (Layouts of push tasks keep that line clear of other objects; see suite._sample_layout.)
   """
-  mid, d = 0.5 * (o[:2] + pad[:2]), pad[:2] - o[:2]
-  side = jnp.array([-d[1], d[0]]) / jnp.maximum(jnp.linalg.norm(d), 1e-6)
-  vias = [mid + k * side for k in (0.09, -0.09, 0.15, -0.15)]
-  vias = [jnp.clip(v, -_PUSH_REACH, _PUSH_REACH) for v in vias]
-  clear = [_clear(o[:2], v, others) & _clear(v, pad[:2], others) for v in vias]
-  goal = pad[:2]
-  for v, ok in reversed(list(zip(vias, clear))):
-    goal = jnp.where(ok, v, goal)
-  goal = jnp.where(_clear(o[:2], pad[:2], others), pad[:2], goal)
-  d = goal - o[:2]
+  d = pad[:2] - o[:2]
   dist = jnp.linalg.norm(d)
   u = d / jnp.maximum(dist, 1e-6)
   behind = o[:2] - u * 0.05
@@ -163,19 +157,14 @@ def _push(tcp, o, pad, others):
   along = rel @ u
   lateral = jnp.linalg.norm(rel - along * u)
   push_z = o[2]
-  in_line = (along < -0.025) & (lateral < 0.012) & (tcp[2] < push_z + 0.015)
+  in_line = (along < -0.025) & (lateral < 0.015) & (tcp[2] < push_z + 0.015)
   # Aim just past the contact point, so the fingers lean on the object without striking it.
   shove = jnp.concatenate([o[:2] + u * (jnp.minimum(dist, 0.02) - 0.034), push_z[None]])
-  approach = _above(tcp, behind, PUSH_HOVER, push_z, 0.012)
+  # Descend only once the fingers are shut: open, they reach 6 cm sideways and can land on
+  # the object, which closing fingers then grasp instead of pushing.
+  shut = finger > scene.FINGER_TRAVEL - 0.008
+  approach = _above(tcp, behind, PUSH_HOVER, jnp.where(shut, push_z, PUSH_HOVER), 0.012)
   return jnp.where(in_line, shove, approach), jnp.asarray(_SHUT), in_line
-
-
-def _clear(a, b, others):
-  """Whether the segment a -> b passes at least _PUSH_CLEARANCE from every point in others."""
-  ab = b - a
-  t = jnp.clip(((others[:, :2] - a) @ ab) / jnp.maximum(ab @ ab, 1e-9), 0.0, 1.0)
-  gap = jnp.linalg.norm(others[:, :2] - (a + t[:, None] * ab), axis=-1)
-  return jnp.all(gap > _PUSH_CLEARANCE)
 
 
 # -- Success tables -------------------------------------------------------------------------

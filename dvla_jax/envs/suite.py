@@ -27,7 +27,7 @@ PAD_TOLERANCE = scene.PAD_RADIUS - 0.01  # Object centre to pad centre for "on t
 STACK_TOLERANCE = 0.02  # Horizontal offset allowed between stacked objects.
 REACH_TOLERANCE = 0.03  # TCP to the top of the object for "touch".
 _RESTING = 0.01  # Height above its resting height at which an object still rests.
-_GRIP_SLACK = 0.008  # Finger travel short of contact below which the gripper has let go.
+_GRIP_SLACK = 0.004  # Finger travel short of the widest contact at which the grip has let go.
 _MAX_STAGES = 2
 # Random layouts: distinct cells of a _GRID x _GRID grid over +-_LAYOUT_HALF, jittered so that
 # centres stay _MIN_SEPARATION apart (open fingers reach 6.1 cm sideways, objects 2 cm).
@@ -35,7 +35,8 @@ _GRID = 4
 _LAYOUT_HALF = 0.22
 _MIN_SEPARATION = 0.09
 _FIXED_JITTER = 0.015
-_LAYOUT_TRIES = 8
+_LAYOUT_TRIES = 16
+_PUSH_LANE = 0.075  # Other objects' centres stay this far from a push lane.
 _RELATION_MARGIN = 0.06
 _MAX_YAW = 0.3  # Boxes start turned by up to this many radians.
 
@@ -60,9 +61,12 @@ class SuiteEnv(mjx_env.TabletopEnv):
     self._tables = _task_tables(self.specs)
     self.heights = np.array([o.height for o in self.objects], np.float32)
     self.half_widths = np.array([o.half_size for o in self.objects], np.float32)
+    self._widest = np.array([o.half_size * (math.sqrt(2.0) if o.shape == "box" else 1.0)
+                             for o in self.objects], np.float32)
     super().__init__(config)
     m = self.mj_model
     self._finger_adr = int(m.jnt_qposadr[m.joint("fl").id])
+    self._finger_dof = int(m.jnt_dofadr[m.joint("fl").id])
     self._colour_geoms = np.array([m.geom(f"{o.name}_geom").id for o in self.objects] +
                                   [m.geom(f"pad{i}_geom").id for i in range(tasks.NUM_PADS)])
     self._palette = np.array([(*scene.COLOURS[c], 1.0) for c in tasks.PALETTE], np.float32)
@@ -105,7 +109,8 @@ class SuiteEnv(mjx_env.TabletopEnv):
     # One draw for everything: each random call inlines its own generator, and many small
     # calls under vmap made this function the slowest part of the compile.
     u = _Uniforms(jax.random.uniform(rng, (_Uniforms.size,)))
-    xy, target = _sample_layout(u, t["layout_fixed"], t["relation"])
+    xy, target = _sample_layout(u, t["layout_fixed"], t["relation"], t["push_obj"],
+                                t["push_pad"])
     obj = jnp.where(t["relation"] >= 0, target, t["obj"])
     n = len(self.objects)
     boxes = jnp.asarray([o.shape == "box" for o in self.objects])
@@ -176,16 +181,23 @@ class SuiteEnv(mjx_env.TabletopEnv):
     return ok, goal + approach, goal
 
   def holding(self, data: mjx.Data, obj: jax.Array) -> jax.Array:
-    """Whether the fingers are closed on object `obj` (geometry only, no contact query)."""
+    """Whether the fingers are closed on object `obj` (geometry only, no contact query).
+
+    Closed means nearer than where they would touch the object at its widest (a box turned
+    45 degrees), less a slack: fingers opened that far have let go whatever its yaw.
+    """
     o = self.object_pos(data)[obj]
     tcp = self.tcp_pos(data)
-    closure = scene.finger_closure(jnp.asarray(self.half_widths)[obj])
+    widest = scene.finger_closure(jnp.asarray(self._widest)[obj])
     between = (jnp.linalg.norm(o[:2] - tcp[:2]) < 0.03) & (jnp.abs(o[2] - tcp[2]) < 0.03)
-    return between & (self.finger_pos(data) > closure - _GRIP_SLACK)
+    return between & (self.finger_pos(data) > widest - _GRIP_SLACK)
 
   def finger_pos(self, data: mjx.Data) -> jax.Array:
     """Finger slide position: 0 open, scene.FINGER_TRAVEL shut."""
     return data.qpos[self._finger_adr]
+
+  def finger_vel(self, data: mjx.Data) -> jax.Array:
+    return data.qvel[self._finger_dof]
 
   # -- Control, observation -----------------------------------------------------------------
 
@@ -228,6 +240,8 @@ def _task_tables(specs: Sequence[tasks.TaskSpec]) -> dict[str, np.ndarray]:
         "family": family, "obj": obj, "dest": dest,
         # Only a stage-1 relation is supported; the layout sampler enforces its margin.
         "relation": relation[0], "layout_fixed": spec.layout == "fixed",
+        # A stage-1 push gets a layout with a clear path (later stages are on their own).
+        "push_obj": obj[0] if family[0] == tasks.PUSH else -1, "push_pad": max(dest[0], 0),
         "shuffle": spec.colours == "shuffle", "colours": tasks.default_colours(spec),
         "num_phrases": len(spec.phrases), "offset": offset,
         "mentioned": mentioned + [-1] * (4 - len(mentioned)), "num_mentioned": len(mentioned),
@@ -264,12 +278,13 @@ class _Uniforms:
     return self._parts[name]
 
 
-def _sample_layout(u: _Uniforms, fixed, relation):
+def _sample_layout(u: _Uniforms, fixed, relation, push_obj, push_pad):
   """Entity xy [objects + pads, 2] and, for a relation task, the cube it names.
 
   Random layouts put the entities in distinct cells of a jittered grid (so no two are closer
-  than _MIN_SEPARATION); a few candidates are drawn and the first whose relation is clear-cut
-  (the two cubes differ by at least _RELATION_MARGIN in the relation's key) is kept.
+  than _MIN_SEPARATION). A few candidates are drawn and the first that suits the task is kept:
+  a relation must be clear-cut (the two cubes differ by at least _RELATION_MARGIN in the
+  relation's key), and a pushed object needs a free lane to its pad.
   """
   n = tasks.NUM_ENTITIES
   cell = 2 * _LAYOUT_HALF / _GRID
@@ -283,6 +298,22 @@ def _sample_layout(u: _Uniforms, fixed, relation):
   keys = jnp.stack([cands[:, :2, 0], -cands[:, :2, 0], cands[:, :2, 1], -cands[:, :2, 1],
                     jnp.linalg.norm(cands[:, :2] - cands[:, ball:ball + 1], axis=-1)])
   key = keys[jnp.maximum(relation, 0)]  # [tries, 2 cubes]
-  clear = (relation < 0) | (jnp.abs(key[:, 0] - key[:, 1]) > _RELATION_MARGIN)
-  pick = jnp.argmax(clear)
+  ok = (relation < 0) | (jnp.abs(key[:, 0] - key[:, 1]) > _RELATION_MARGIN)
+  ok &= (push_obj < 0) | jax.vmap(_push_lane_clear, in_axes=(0, None, None))(
+      cands, jnp.maximum(push_obj, 0), push_pad)
+  pick = jnp.argmax(ok)
   return cands[pick], jnp.argmin(key[pick]).astype(jnp.int32)
+
+
+def _push_lane_clear(xy, obj, pad):
+  """Whether the lane from behind object `obj` to pad `pad` is free of the other objects."""
+  num_obj = len(tasks.SCENE_OBJECTS)
+  start, end = xy[obj], xy[num_obj + pad]
+  u = (end - start) / jnp.maximum(jnp.linalg.norm(end - start), 1e-6)
+  start = start - u * 0.07  # Where the fingers come down to push.
+  seg = end - start
+  others = xy[:num_obj]
+  t = jnp.clip(((others - start) @ seg) / jnp.maximum(seg @ seg, 1e-9), 0.0, 1.0)
+  gap = jnp.linalg.norm(others - (start + t[:, None] * seg), axis=-1)
+  clear = (gap > _PUSH_LANE) | (jnp.arange(num_obj) == obj)
+  return jnp.all(clear) & jnp.all(jnp.abs(start) < scene.FINGER_HIGH[0] - 0.01)

@@ -29,6 +29,7 @@ from dvla_jax.training import checkpoints
 from dvla_jax.training import default_config
 from dvla_jax.training import steps
 
+
 @dataclasses.dataclass
 class Policy:
   """A policy restored from a run's checkpoint.
@@ -249,7 +250,7 @@ def run_episodes(policy: Policy, group: TaskGroup, episodes: int, rng: jax.Array
         break
     n = min(worlds, total - first)
     success, ret, length, keys = (np.asarray(x)[:n] for x in (success, ret, length, keys))
-    for name, value in zip(("success", "ret", "length", "keys"), (success, ret, length, keys)):
+    for name, value in zip(out, (success, ret, length, keys), strict=True):
       out[name].append(value)
     for j, i in enumerate(watch):
       steps_taken = int(length[i])

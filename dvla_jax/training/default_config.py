@@ -53,7 +53,9 @@ Fields:
 
   sft.demos: demonstrations written by `tools/write_demos.py` for this task and env settings;
     "" records them in-process with the task's scripted expert before training.
-  sft.episodes: demonstration episodes trained on (the first ones).
+  sft.episodes: demonstration episodes trained on (the first ones). Recorded in-process, an
+    "episode" is a row of env.episode_length expert steps of one env, which holds several
+    episodes when the expert finishes early (the env resets itself).
   sft.holdout_episodes: episodes after those, held out for `sft/holdout_loss`.
   sft.expert_noise: std of the noise added to the actions the expert executes while
     recording (the labels stay the clean expert actions), so the demonstrations show recoveries.
@@ -155,7 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sft.demos = ""
   config.sft.episodes = 256
   config.sft.holdout_episodes = 32
-  config.sft.expert_noise = 0.1
+  config.sft.expert_noise = 0.3
   config.sft.batch_size = 64
   config.sft.lr = 1e-3
 

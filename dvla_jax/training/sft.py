@@ -6,7 +6,8 @@ written by `tools/write_demos.py`, format `dvla_jax.envs.demos`) or, when that i
 recorded in-process by running the task's expert (`env.expert_action`) through the run's own
 batched env, so nothing is compiled twice, and kept in `<workdir>/demos.npz` for a resumed run.
 The `sft.holdout_episodes` episodes after the first `sft.episodes` are held out; their token
-loss is logged as `sft/holdout_loss`.
+loss is logged as `sft/holdout_loss`. (An in-process "episode" is a row: `env.episode_length`
+expert steps of one env, several episodes when the expert finishes early; see `record_demos`.)
 
 Checkpoints are the RL trainer's (`Checkpointer` items `train_state`, `params`, `metadata`;
 the same `TrainState` and optimizer structure), with `"mode": "sft"` in the metadata. An SFT

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from dvla_jax.training import builders
+from dvla_jax.training import config_check
 from dvla_jax.training import sft
 from dvla_jax.training import steps as steps_lib
 
@@ -42,6 +43,11 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
   rng = jax.random.fold_in(rng, _WARMSTART)
   demos = sft.record_demos(comp, rng, config.sft.episodes, config.sft.expert_noise)
   n = len(demos["row"])
+  if n == 0:
+    raise config_check.ConfigError(
+        f"rl.warmstart_steps={config.rl.warmstart_steps}: the scripted expert finished no "
+        f"episode of {config.env.task!r} within env.episode_length={config.env.episode_length}; "
+        "allowed: a longer episode, or rl.warmstart_steps=0")
   batch_size = min(config.sft.batch_size, n)
   optimizer = builders.make_optimizer(ml_collections.ConfigDict(
       {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))

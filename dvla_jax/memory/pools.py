@@ -1,0 +1,256 @@
+"""The two device memory pools: static (long-lived state) and dynamic (a ring of rollout slots).
+
+Static pool: the learner train state and the actor's weight double buffer (`WeightBuffer`:
+an active and an incoming copy, swapped by version). Its arrays are allocated once and
+afterwards only replaced by the outputs of donating functions, which XLA writes into the
+donated buffers, so the bytes stay where they are.
+
+Dynamic pool (`SlotPool`): K rollout slots `[T, envs_per_group, ...]` for every field,
+allocated once on the actor devices. A slot is taken from the free list (`acquire`), filled
+step by step with a donated in-place write (`write`), handed to the learner and returned
+(`release`). An empty free list is backpressure: `acquire` waits and may return None, but it
+never allocates.
+
+Both pools count their bytes per device (`report`) so the start-up log shows where the
+memory went, and `accounting.live_device_bytes` can check that they hold nearly all of it.
+"""
+
+import collections
+import threading
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+
+from dvla_jax.memory import accounting
+
+
+def _write_step(slot: Any, t: jax.Array, step: Any) -> Any:
+  def put(buf, x):
+    x = jnp.broadcast_to(jnp.asarray(x).astype(buf.dtype), buf.shape[1:])
+    return jax.lax.dynamic_update_index_in_dim(buf, x, t, 0)
+
+  return jax.tree.map(put, slot, step)
+
+
+def _overwrite(dst: Any, src: Any) -> Any:
+  # A full-size update of the donated `dst` rather than `return src`: jit would forward an
+  # input unchanged and the copy would never land in the pool's buffer.
+  return jax.tree.map(
+      lambda d, s: jax.lax.dynamic_update_slice(d, s.astype(d.dtype), (0,) * d.ndim), dst, src)
+
+
+# Donating jits shared by every pool (jit caches one program per shape and sharding).
+write_step = jax.jit(_write_step, donate_argnums=0)
+overwrite = jax.jit(_overwrite, donate_argnums=0)
+
+
+class SlotPool:
+  """The dynamic pool: a fixed ring of rollout slots with a free list.
+
+  Thread-safe: one lane acquires and writes, another releases.
+  """
+
+  def __init__(self, make_slot: Callable[[], Any], num_slots: int, name: str = "rollout"):
+    """Allocates `num_slots` slots (the only allocation the pool ever makes).
+
+    Args:
+      make_slot: `() -> slot pytree`, typically a jit with `out_shardings` on the actor mesh.
+      num_slots: K, the size of the ring (>= 1).
+      name: the pool's name in reports.
+    """
+    if num_slots < 1:
+      raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+    self.name = name
+    self.num_slots = num_slots
+    self._free = collections.deque(make_slot() for _ in range(num_slots))
+    self._cond = threading.Condition()
+    self._in_use = 0
+    self.high_water = 0
+    first = self._free[0]
+    self._treedef = jax.tree.structure(first)
+    self._avals = [(x.shape, x.dtype) for x in jax.tree.leaves(first)]
+    per_device = accounting.tree_bytes_per_device(first)
+    # Device bytes: a slot replicated on n devices counts n times, as live_device_bytes does.
+    self.bytes_per_slot = sum(per_device.values())
+    self._per_device = {d: b * num_slots for d, b in per_device.items()}
+
+  @property
+  def free_slots(self) -> int:
+    with self._cond:
+      return len(self._free)
+
+  def acquire(self, timeout: Optional[float] = None) -> Optional[Any]:
+    """A free slot; waits up to `timeout` seconds (None: forever) and returns None if none.
+
+    Args:
+      timeout: seconds to wait while every slot is in use; 0 does not wait.
+
+    Returns:
+      A slot, or None when none was freed in time (backpressure).
+    """
+    with self._cond:
+      if not self._cond.wait_for(lambda: self._free, timeout):
+        return None
+      self._in_use += 1
+      self.high_water = max(self.high_water, self._in_use)
+      return self._free.popleft()
+
+  def release(self, slot: Any) -> None:
+    """Returns a slot (the one `acquire` gave, or its donated successor) to the free list.
+
+    Raises:
+      ValueError: `slot` is not shaped like the pool's slots, or every slot is free already
+        (a double release would let two writers share one slot).
+    """
+    leaves = jax.tree.leaves(slot)
+    if (jax.tree.structure(slot) != self._treedef or
+        [(x.shape, x.dtype) for x in leaves] != self._avals):
+      raise ValueError(f"{self.name}: released slot is not one of this pool's slots")
+    with self._cond:
+      if self._in_use == 0:
+        raise ValueError(f"{self.name}: release without a matching acquire")
+      self._in_use -= 1
+      self._free.append(slot)
+      self._cond.notify()
+
+  def write(self, slot: Any, t: int, step: Any) -> Any:
+    """Writes step `t` into `slot` in place; the slot passed in is consumed (donated).
+
+    Args:
+      slot: an acquired slot.
+      t: the time index.
+      step: a pytree like `slot` with leaves of one step, `[B, ...]` (broadcast and cast to
+        the slot's field).
+
+    Returns:
+      The slot to keep using (same buffers).
+    """
+    return write_step(slot, jnp.int32(t), step)
+
+  def per_device_bytes(self) -> dict[Any, int]:
+    return dict(self._per_device)
+
+  @property
+  def total_bytes(self) -> int:
+    return self.bytes_per_slot * self.num_slots
+
+
+class WeightBuffer:
+  """The actor's weight double buffer: the reader acts with one copy while the other fills.
+
+  One writer (the distribution lane) calls `stage`, one reader (the inference lane) calls
+  `take_newest` between steps. The writer always overwrites the copy the reader does not
+  hold, in place (donated), so the two copies are the only weight buffers the actors ever
+  use.
+  """
+
+  def __init__(self, params: Any, version: int = 0):
+    """Args:
+      params: the first weights, already on the actor devices; a second copy is made.
+      version: their policy version.
+    """
+    copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p))
+    self._bufs = [params, copy(params)]
+    self._versions = [version, -1]
+    self._held = 0  # The copy the reader acts with.
+    self._lock = threading.Lock()
+    self.swaps = 0
+
+  @property
+  def version(self) -> int:
+    """The version the reader holds."""
+    with self._lock:
+      return self._versions[self._held]
+
+  def stage(self, version: int, params: Any) -> None:
+    """Copies `params` into the incoming copy (in place) and marks it `version`."""
+    with self._lock:
+      incoming = 1 - self._held
+      buf = self._bufs[incoming]
+      self._bufs[incoming] = None  # Donated below: nobody may read the stale reference.
+    buf = jax.block_until_ready(overwrite(buf, params))
+    with self._lock:
+      self._bufs[incoming] = buf
+      self._versions[incoming] = version
+
+  def take_newest(self) -> tuple[int, Any]:
+    """Swaps to the incoming copy if it is newer; returns (version, params) to act with.
+
+    The params returned stay valid until the next call.
+    """
+    with self._lock:
+      incoming = 1 - self._held
+      if self._bufs[incoming] is not None and self._versions[incoming] > self._versions[
+          self._held]:
+        self._held = incoming
+        self.swaps += 1
+      return self._versions[self._held], self._bufs[self._held]
+
+  def trees(self) -> list[Any]:
+    with self._lock:
+      return [b for b in self._bufs if b is not None]
+
+
+class StaticPool:
+  """Named long-lived trees (train state, weight buffers) and their bytes per device."""
+
+  def __init__(self):
+    self._entries: dict[str, Callable[[], list[Any]]] = {}
+
+  def register(self, name: str, trees: Callable[[], list[Any]]) -> None:
+    """Adds an entry; `trees()` returns its current trees (they change as donation replaces
+    them, the bytes do not)."""
+    self._entries[name] = trees
+
+  def per_device_bytes(self) -> dict[str, dict[Any, int]]:
+    out = {}
+    for name, trees in self._entries.items():
+      counts: dict[Any, int] = collections.Counter()
+      for tree in trees():
+        counts.update(accounting.tree_bytes_per_device(tree))
+      out[name] = dict(counts)
+    return out
+
+
+def report(static: StaticPool, dynamic: SlotPool, log: bool = True) -> dict[str, Any]:
+  """Bytes per pool, per entry and per device, logged once at start-up.
+
+  All counts are device bytes (a replicated array counts once per device holding it).
+
+  Args:
+    static: the static pool.
+    dynamic: the dynamic pool.
+    log: whether to log the report.
+
+  Returns:
+    {"static": {"bytes", "entries": {name: bytes}, "per_device": {device: bytes}},
+     "dynamic": {"bytes", "bytes_per_slot", "num_slots", "high_water", "per_device"},
+     "total_bytes", "per_device": both pools}; devices are named by `str(device)`.
+  """
+  entries = static.per_device_bytes()
+  static_dev: dict[str, int] = collections.Counter()
+  for per_dev in entries.values():
+    static_dev.update({str(d): b for d, b in per_dev.items()})
+  out = {
+      "static": {"bytes": sum(static_dev.values()),
+                 "entries": {n: sum(v.values()) for n, v in entries.items()},
+                 "per_device": dict(static_dev)},
+      "dynamic": {"bytes": dynamic.total_bytes, "bytes_per_slot": dynamic.bytes_per_slot,
+                  "num_slots": dynamic.num_slots, "high_water": dynamic.high_water,
+                  "per_device": {str(d): b for d, b in dynamic.per_device_bytes().items()}},
+  }
+  out["total_bytes"] = out["static"]["bytes"] + out["dynamic"]["bytes"]
+  per_device = collections.Counter(out["static"]["per_device"])
+  per_device.update(out["dynamic"]["per_device"])
+  out["per_device"] = dict(per_device)
+  if log:
+    logging.info("memory pools: static %s (%s), dynamic %s (%d slots x %s); per device: %s",
+                 accounting.fmt_bytes(out["static"]["bytes"]),
+                 ", ".join(f"{n} {accounting.fmt_bytes(b)}"
+                           for n, b in out["static"]["entries"].items()),
+                 accounting.fmt_bytes(dynamic.total_bytes), dynamic.num_slots,
+                 accounting.fmt_bytes(dynamic.bytes_per_slot),
+                 {d: accounting.fmt_bytes(b) for d, b in sorted(per_device.items())})
+  return out
