@@ -9,8 +9,8 @@ or, for the seconds-long smoke configuration used by the tests:
     python -m dvla_jax.main --config=configs/demo.py:tiny --workdir=/tmp/dvla_tiny
 
 `get_config(arg)` takes one of:
-  ""      the demo as shipped: the `small` model, 128 envs; 400 behaviour-cloning steps
-          on the scripted expert, then 40 PPO iterations.
+  ""      the demo as shipped: the `small` model, 128 envs; 800 behaviour-cloning steps
+          on the scripted expert, then 30 PPO iterations.
   "tiny"  a seconds-long run: 8 envs, the `tiny` model, 2 iterations.
 """
 
@@ -24,15 +24,15 @@ def get_config(arg: str = ""):
   config.env.episode_length = 16
   config.model.preset = "small"
   config.rl.rollout_length = 16
-  config.rl.lr = 1e-3
+  config.rl.lr = 3e-4
   config.rl.max_grad_norm = 5.0
   # Warm start: behaviour-clone the scripted expert for a few hundred steps, then PPO.
-  config.rl.warmstart_steps = 400
+  config.rl.warmstart_steps = 800
   config.sft.batch_size = 128
-  config.train.iterations = 40
+  config.train.iterations = 30
   config.train.log_every = 2
   config.train.eval_every = 10
-  config.train.eval_episodes = 128
+  config.train.eval_episodes = 256
   config.train.checkpoint_every = 10
   if arg == "tiny":
     config.env.num_envs = 8
@@ -43,9 +43,7 @@ def get_config(arg: str = ""):
     config.rl.num_minibatches = 2
     config.rl.update_epochs = 1
     config.train.iterations = 2
-    config.rl.warmstart_steps = 2  # exercises the warm start at a few seconds' cost
-    config.sft.episodes = 8
-    config.sft.batch_size = 16
+    config.rl.warmstart_steps = 0
     config.train.eval_every = 2
     config.train.eval_episodes = 8
     config.train.log_every = 1

@@ -1,7 +1,8 @@
 """The task suite from the command line: list tasks, record an expert episode, rate the experts.
 
   python -m dvla_jax.envs --list
-  python -m dvla_jax.envs --task goal_stack_cubes --video stack.gif [--size 128] [--camera front,wrist]
+  python -m dvla_jax.envs --task goal_stack_cubes --video stack.gif [--size 128]
+      [--camera front,wrist] [--seed 0]
   python -m dvla_jax.envs --experts [--task NAME] [--episodes 16] [--out experts.json]
 
 Bad input (an unknown task, an impossible setting) prints one line and exits with status 2.

@@ -222,7 +222,8 @@ def suite_xml(objects: list[ObjectSpec], num_pads: int, image_size: int = 32,
     <material name="finger_mat" rgba="0.35 0.35 0.38 1"/>
   </asset>
   <worldbody>
-    <light name="key" pos="0.3 -0.3 1.5" dir="-0.2 0.2 -1" directional="true" diffuse="0.8 0.8 0.8"/>
+    <light name="key" pos="0.3 -0.3 1.5" dir="-0.2 0.2 -1" directional="true"
+           diffuse="0.8 0.8 0.8" specular="0.1 0.1 0.1"/>
     <camera name="front" pos="0 -0.43 0.47" xyaxes="1 0 0 0 0.74 0.67" fovy="45"/>
     <camera name="top" pos="0 0 0.75" xyaxes="1 0 0 0 1 0" fovy="38"/>
     <geom name="floor" type="plane" size="1 1 0.1" pos="0 0 -0.3" material="floor_mat"
@@ -236,10 +237,11 @@ def suite_xml(objects: list[ObjectSpec], num_pads: int, image_size: int = 32,
       <joint name="gx" type="slide" axis="1 0 0" range="{lo[0]} {hi[0]}" damping="30"/>
       <joint name="gy" type="slide" axis="0 1 0" range="{lo[1]} {hi[1]}" damping="30"/>
       <joint name="gz" type="slide" axis="0 0 1" range="{lo[2]} {hi[2]}" damping="30"/>
-      <geom name="palm" type="box" size="0.02 {y0 + fy} 0.008" pos="0 0 {FINGER_CENTRE_Z + fz + 0.008}"
-            material="gripper_mat" mass="0.4" class="gripper"/>
+      <geom name="palm" type="box" size="0.02 {y0 + fy} 0.008"
+            pos="0 0 {FINGER_CENTRE_Z + fz + 0.008}" material="gripper_mat" mass="0.4"
+            class="gripper"/>
       <site name="tcp" pos="0 0 0" size="0.005"/>
-      <camera name="wrist" pos="0 0 0.035" xyaxes="1 0 0 0 1 0" fovy="80"/>
+      <camera name="wrist" pos="0 0 0.036" xyaxes="1 0 0 0 1 0" fovy="90"/>
       <body name="finger_l" pos="0 {y0} 0" gravcomp="1">
         <joint name="fl" type="slide" axis="0 -1 0" range="0 {FINGER_TRAVEL}" damping="5"/>
         <geom name="finger_l_geom" {finger}/>

@@ -212,9 +212,11 @@ class SuiteEnv(mjx_env.TabletopEnv):
     return jnp.concatenate([self.tcp_pos(data), data.ctrl, gap[None]])
 
   def _render_model(self, info):
-    rgba = jnp.asarray(self._palette)[info["task"]["colour"]]
-    geom_rgba = self.mjx_model.geom_rgba.at[self._colour_geoms].set(rgba)
-    return self.mjx_model.replace(geom_rgba=geom_rgba)
+    # The episode's colours, plus whatever shift domain randomisation gave these geoms.
+    ids = self._colour_geoms
+    shift = self.mjx_model.geom_rgba[ids] - jnp.asarray(self.mj_model.geom_rgba[ids])
+    rgba = jnp.clip(jnp.asarray(self._palette)[info["task"]["colour"]] + shift, 0.0, 1.0)
+    return self.mjx_model.replace(geom_rgba=self.mjx_model.geom_rgba.at[ids].set(rgba))
 
   def expert_action(self, state: mjx_env.State) -> jax.Array:
     """Scripted expert with privileged state: the action chunk [H * D] for one world."""

@@ -15,7 +15,7 @@ from dvla_jax.models.vla import count_params
 def _describe(name: str) -> str:
   c = PRESETS[name]
   vit = f"vit {c.vit_width}x{c.vit_depth}" if c.vit_depth else "patch embed"
-  return (f"{name:6s} {count_params(c):>15,} parameters  width {c.width} depth {c.depth} "
+  return (f"{name:6s} {count_params(c):>17,} parameters  width {c.width} depth {c.depth} "
           f"heads {c.num_heads} mlp {c.mlp_dim}  {vit}  image {c.image_size}/{c.patch_size}")
 
 

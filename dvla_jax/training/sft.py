@@ -330,7 +330,8 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
       chunk = {k: v[i * holdout_batch:(i + 1) * holdout_batch] for k, v in holdout.items()}
       _, m = loss_fn(params, placement.put_batch(_to_batch(chunk, mc), "learner"))
       sums += np.array([float(m["loss"]), float(m["token_accuracy"])])
-    return {"sft/holdout_loss": sums[0] / count, "sft/holdout_accuracy": sums[1] / count}
+    return {"sft/holdout_loss": float(sums[0] / count),
+            "sft/holdout_accuracy": float(sums[1] / count)}
 
   def evaluate(step):
     params = train_state.params

@@ -13,11 +13,6 @@ import sys
 
 from absl import flags
 import jax
-
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.config.update("jax_num_cpu_devices", 3)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -53,6 +48,7 @@ def _abstract(tree, shardings):
 
 
 def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
+  jax.config.update("jax_num_cpu_devices", 3)  # Before anything starts the backend.
   # Joined through the entry point's own flags, as `python -m dvla_jax.main` would.
   flags.FLAGS([sys.argv[0], "--config=configs/demo.py:tiny", f"--workdir={workdir}",
                f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
@@ -78,9 +74,10 @@ def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
   state_sh["params"] = learner_sh
   mine = jax.process_index() == 0  # Process 0 holds the learner plane.
 
-  @jax.jit
+  def loss(p):
+    return jnp.sum((p["w"] @ jnp.ones((3,)) + jnp.sum(p["b"]) - 1.0) ** 2)
+
   def learn(state):
-    loss = lambda p: jnp.sum((p["w"] @ jnp.ones((3,)) + jnp.sum(p["b"]) - 1.0) ** 2)  # noqa
     params = state["params"]
     trainable = {k: v for k, v in params.items() if k != "version"}
     grads = jax.grad(loss)(trainable)
@@ -120,7 +117,7 @@ def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
     restored, meta = ckpt.restore(None, _abstract(abstract_state, replicated))
     params = ckpt.restore_params(None, _abstract(received, actor_sh))
   back = parallel.broadcast_via_collective(restored, actor_mesh, learner_mesh)
-  learner = resumed = continued = None
+  learner = resumed = None
   if mine:
     learner = _checksum(state)
     # The learner resumes from the restored state; an uninterrupted step is the reference.

@@ -152,3 +152,16 @@ def test_eight_fake_devices_shard_each_plane_on_its_own_mesh():
   lines = result.stdout.strip().splitlines()
   assert lines[-1] == "OK"
   assert lines[-2].startswith("ERROR placement needs 12 devices (sim 2 + actor 2 + learner 8)")
+
+
+def test_main_reports_a_placement_bigger_than_the_machine_in_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.abspath(_ROOT))
+  result = subprocess.run(
+      [sys.executable, "-m", "dvla_jax.main", "--config=configs/demo.py:tiny",
+       f"--workdir={tmp_path}", "--config.placement.learner.data=2"],
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == ("config error: placement.learner mesh 2x1x1 needs 2 devices but 1 exist; "
+                       "allowed: at most 1")
+  assert "Traceback" not in result.stderr

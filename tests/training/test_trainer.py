@@ -122,3 +122,25 @@ def test_sigterm_checkpoints_and_exits_0_and_the_next_run_resumes(tmp_path):
     assert ckpt.latest_step() == preempted_at + 1
   logged = [r["step"] for r in _rows(workdir) if "learner/version" in r]
   assert logged[-1] == preempted_at + 1 and logged.count(preempted_at + 1) == 1
+
+
+def test_warm_start_clones_the_expert_before_rl(tmp_path):
+  config = demo.get_config("tiny")
+  config.rl.warmstart_steps = 40
+  config.sft.episodes = 8
+  config.sft.batch_size = 16
+  config.sft.lr = 3e-3
+  config.train.iterations = 1
+  rows = []
+  trainer.train(config, str(tmp_path), progress_fn=lambda s, m: rows.append((s, dict(m))))
+  losses = [m["warmstart/loss"] for _, m in rows if "warmstart/loss" in m]
+  assert len(losses) == 4 and losses[-1] < losses[0]
+  # The iteration-0 evaluation comes first: it scores the untrained policy.
+  assert "eval/success_rate" in rows[0][1] and "warmstart/loss" not in rows[0][1]
+  # Without a warm start the same run's first update starts from other parameters.
+  config.rl.warmstart_steps = 0
+  cold = []
+  trainer.train(config, str(tmp_path / "cold"), progress_fn=lambda s, m: cold.append(m))
+  warm_loss = [m for s, m in rows if "learner/policy_loss" in m][0]["learner/value_loss"]
+  cold_loss = [m for m in cold if "learner/policy_loss" in m][0]["learner/value_loss"]
+  assert warm_loss != cold_loss
