@@ -12,9 +12,12 @@ import argparse
 import json
 import sys
 
+from dvla_jax.envs import experts
+from dvla_jax.envs import registry
+from dvla_jax.envs import video
+
 
 def _list_lines() -> list[str]:
-  from dvla_jax.envs import registry  # pylint: disable=g-import-not-at-top
   # Suite order (spatial, object, goal, long), then the stand-alone tasks.
   names = [n for s in registry.list_suites() for n in registry.suite_tasks(s)]
   names += [n for n in registry.list_tasks() if n not in names]
@@ -40,11 +43,6 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--episodes", type=int, default=16, help="episodes per task (--experts)")
   parser.add_argument("--out", help="also write the --experts table to this JSON file")
   args = parser.parse_args(argv)
-
-  # Imported here so that --help answers without loading JAX, MuJoCo and Warp.
-  from dvla_jax.envs import experts  # pylint: disable=g-import-not-at-top
-  from dvla_jax.envs import registry  # pylint: disable=g-import-not-at-top
-  from dvla_jax.envs import video  # pylint: disable=g-import-not-at-top
 
   try:
     if args.list:

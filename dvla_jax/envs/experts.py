@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dvla_jax.envs import mjx_env
+from dvla_jax.envs import registry
 from dvla_jax.envs import scene
+from dvla_jax.envs import suite
 from dvla_jax.envs import tasks
 
 HOVER = 0.1  # TCP height for empty moves: the fingertips clear a stack of two cubes.
@@ -236,7 +238,6 @@ def evaluate_expert(task: str, num_worlds: int = 16, episodes: int = 32,
     {"task", "episodes", "success_rate", "mean_steps" (to success, over successes),
      "episode_length", "seconds"}.
   """
-  from dvla_jax.envs import registry  # pylint: disable=g-import-not-at-top
   config = registry.default_config(task, num_worlds=num_worlds, render=False)
   return expert_table([task], config, episodes, seed)[task]
 
@@ -256,8 +257,6 @@ def expert_table(task_names: Sequence[str] | None = None,
   Returns:
     {task: {"task", "episodes", "success_rate", "mean_steps", "episode_length", "seconds"}}.
   """
-  from dvla_jax.envs import registry  # pylint: disable=g-import-not-at-top
-  from dvla_jax.envs import suite  # pylint: disable=g-import-not-at-top
   names = list(task_names or registry.list_tasks())
   in_suite = [n for n in names if n in tasks.BY_NAME]
   table = {}

@@ -14,9 +14,11 @@ Solver settings of the two-finger scene, chosen by measurement (pick up each of 
 objects, carry it 0.35 m at 0.04 m per 40 ms control step, plain MuJoCo): a 20 ms timestep
 drops every object whatever the solref, impratio or cone; 10 ms x 4 substeps holds them all
 with impratio=10 (without it the ball slips out), and 6-8 solver iterations suffice (4 drop
-them). MJX Warp on this 2-core CPU (shared, loaded) ran the scene at ~750 physics steps/s at
-batch 64 and ~1,400 at batch 256 without rendering; `touch_cube`'s scene ran ~650 at batch 64
-under the same load, and the iteration count (4 vs 8) made no measurable difference.
+them). Speed, MJX Warp on the shared 2-core CPU (load ~5, so absolute numbers are low; the
+iteration count, 4 vs 8, made no measurable difference): batch 64 ran ~1,040 physics steps/s
+(130 policy steps/s) without rendering and ~920 with one 32 px camera, batch 256 ~2,100;
+`touch_cube`'s scene ran ~1,190 (298 policy steps/s) at batch 64 under the same load. A
+step's fixed cost dominates at small batches on CPU (batch 32 vs 144 differed by ~30%).
 """
 
 import dataclasses

@@ -5,6 +5,18 @@ single compiled reset/step serves a whole suite: `reset` draws a task per world,
 picks it. Layout, colours and instruction are drawn per episode; the success predicate is the
 conjunction of the task's stages (see `tasks.Stage`).
 
+Success per stage family (all of a task's stages must hold at once):
+  reach  the TCP is within REACH_TOLERANCE of the object's top face;
+  push   the object rests with its centre within PAD_TOLERANCE of the pad's centre;
+  lift   the object's centre is above LIFT_HEIGHT;
+  place  as push, and the fingers have let go of it;
+  stack  it rests on the base object (centres within STACK_TOLERANCE), the base rests on the
+         table, and the fingers have let go.
+Reward: 1 on success (which ends the episode); with `dense_reward`, plus 10x the decrease of
+`metrics["distance"]` (object to goal plus half of gripper to object; a later stage counts from a
+fixed budget until the earlier one holds). `metrics["goal_distance"]` is the object-to-goal
+part, `metrics["stages_done"]` counts satisfied stages.
+
 Action per control step (D = 4): target deltas dx, dy, dz in [-1, 1] * max_delta, and an
 absolute grip command (-1 open .. +1 shut). Proprioception: TCP position, actuator targets
 (x, y, z, finger), and the finger gap.
@@ -220,6 +232,7 @@ class SuiteEnv(mjx_env.TabletopEnv):
 
   def expert_action(self, state: mjx_env.State) -> jax.Array:
     """Scripted expert with privileged state: the action chunk [H * D] for one world."""
+    # Imported here: experts imports the registry, which imports this module.
     from dvla_jax.envs import experts  # pylint: disable=g-import-not-at-top
     return experts.suite_expert(self, state)
 

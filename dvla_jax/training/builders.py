@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from dvla_jax import envs
+from dvla_jax.envs import randomization
 from dvla_jax import models
 from dvla_jax.training import steps
 
@@ -161,9 +162,14 @@ def make_optimizer(rl_config) -> optax.GradientTransformation:
                      optax.adam(rl_config.lr))
 
 
+_DR_STREAM = 7  # Random stream of the domain-randomisation draw.
+
+
 def _make_group(config, num_worlds: int) -> EnvGroup:
   env = envs.make(config.env.task, env_config(config, num_worlds))
-  venv = envs.wrap_for_training(env)
+  # Every group draws the same per-world physics and colours (one key per run).
+  venv = randomization.wrap_env(env, config.env.domain_randomization,
+                                jax.random.fold_in(jax.random.key(config.seed), _DR_STREAM))
   layouts = num_worlds
   if config.rl.algo == "grpo":
     layouts = num_worlds // config.rl.group_size

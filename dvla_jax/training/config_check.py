@@ -94,6 +94,7 @@ _RULES: dict[str, _Rule] = {
     "env.episode_length": _int(ge=1),
     "env.image_size": _int(ge=32, le=128),
     "env.impl": _choice("warp", "jax"),
+    "env.domain_randomization": _Rule(bool),
     "model.preset": _Rule(str),
     "model.action_horizon": _int(ge=0),
     "model.temperature": _float(gt=0),

@@ -16,6 +16,8 @@ Fields:
   env.episode_length: policy steps per episode (each step executes one action chunk).
   env.image_size: square camera resolution in pixels (32..128).
   env.impl: MJX implementation, "warp" (fast, renders) or "jax".
+  env.domain_randomization: per-world friction, mass, colours and lighting through brax's
+    DomainRandomizationVmapWrapper (`dvla_jax/envs/randomization.py`).
 
   model.preset: size preset (`tiny`, `small`, ...); see `dvla_jax.models`.
   model.action_horizon: H, steps per action chunk (0 = the preset's).
@@ -124,6 +126,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.env.episode_length = 16
   config.env.image_size = 32
   config.env.impl = "warp"
+  config.env.domain_randomization = False
 
   config.model = ml_collections.ConfigDict()
   config.model.preset = "small"
