@@ -14,11 +14,11 @@ Solver settings of the two-finger scene, chosen by measurement (pick up each of 
 objects, carry it 0.35 m at 0.04 m per 40 ms control step, plain MuJoCo): a 20 ms timestep
 drops every object whatever the solref, impratio or cone; 10 ms x 4 substeps holds them all
 with impratio=10 (without it the ball slips out), and 6-8 solver iterations suffice (4 drop
-them). Speed, MJX Warp on the shared 2-core CPU (load ~5, so absolute numbers are low; the
-iteration count, 4 vs 8, made no measurable difference): batch 64 ran ~1,040 physics steps/s
-(130 policy steps/s) without rendering and ~920 with one 32 px camera, batch 256 ~2,100;
-`touch_cube`'s scene ran ~1,190 (298 policy steps/s) at batch 64 under the same load. A
-step's fixed cost dominates at small batches on CPU (batch 32 vs 144 differed by ~30%).
+them). Speed, MJX Warp on the shared 2-core CPU (load 1.5-3; the iteration count, 4 vs 8,
+made no measurable difference): batch 64 ran ~1,700 physics steps/s (213 policy steps/s)
+without rendering and ~1,360 with one 32 px camera, batch 256 ~4,400; `touch_cube`'s smaller
+scene ran ~3,000 (742 policy steps/s) at batch 64. A step's fixed cost dominates small
+batches on CPU.
 """
 
 import dataclasses
