@@ -162,7 +162,10 @@ def _push(tcp, o, pad, finger):
   along = rel @ u
   lateral = jnp.linalg.norm(rel - along * u)
   push_z = o[2]
-  in_line = (along < -0.025) & (lateral < 0.015) & (tcp[2] < push_z + 0.015)
+  low = tcp[2] < push_z + 0.015
+  in_line = (along < -0.025) & (lateral < 0.012) & low
+  # Behind the object but off its line: slide across at push height instead of climbing out.
+  realign = (along < -0.025) & (lateral < 0.04) & low
   # Aim the fingers a little into the object (3.4 cm behind its centre is contact), so it
   # moves about _PUSH_LEAD per policy step and slows down as it nears the pad centre.
   shove = jnp.concatenate([o[:2] + u * (jnp.minimum(dist, _PUSH_LEAD) - 0.034), push_z[None]])
@@ -170,6 +173,7 @@ def _push(tcp, o, pad, finger):
   # the object, which closing fingers then grasp instead of pushing.
   shut = finger > scene.FINGER_TRAVEL - 0.008
   approach = _above(tcp, behind, PUSH_HOVER, jnp.where(shut, push_z, PUSH_HOVER), 0.012)
+  approach = jnp.where(realign, jnp.concatenate([behind, push_z[None]]), approach)
   return jnp.where(in_line, shove, approach), jnp.asarray(_SHUT)
 
 
