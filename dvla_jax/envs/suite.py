@@ -152,8 +152,9 @@ class SuiteEnv(mjx_env.TabletopEnv):
       dists.append(jnp.where(info["family"][s] < 0, 0.0, shaped))
       goals.append(jnp.where(info["family"][s] < 0, 0.0, goal))
     success = oks[0] & oks[1]
-    # A later stage's distance counts from a fixed budget until the earlier one holds, so
-    # the potential never jumps up when a stage completes.
+    # Until the first stage holds, the second counts as a fixed budget: progress on stage one
+    # is what the shaped reward sees, and finishing it trades the budget for stage two's
+    # actual distance (usually smaller).
     budget = jnp.where(info["family"][1] < 0, 0.0, 0.5)
     dist = jnp.where(oks[0], dists[1], dists[0] + budget)
     goal = jnp.where(oks[0], goals[1], goals[0])
