@@ -41,7 +41,7 @@ class AsyncPipeline:
 
   def __init__(self, comp: Components, placement: Placement, tracer: Tracer, rng: jax.Array,
                faults: FaultPlan = FaultPlan(), poison: stages_lib.Poison = stages_lib.Poison(),
-               join_timeout_s: float = 30.0):
+               join_timeout_s: Optional[float] = None):
     """Args:
       comp: the run's components (at least two env groups).
       placement: the plane meshes.
@@ -49,7 +49,9 @@ class AsyncPipeline:
       rng: the training key.
       faults: test hook: a lane that raises after some work.
       poison: test hook: NaN rewards for some updates.
-      join_timeout_s: how long `run` waits for the lanes after a stop.
+      join_timeout_s: how long `run` waits for the lanes after a stop (default
+        `swimlanes.stall_timeout_s`: a lane finishes the computation it is in, e.g. an
+        update, before it sees the stop; the others return within `swimlanes.poll_s`).
     """
     if len(comp.groups) < 2:
       raise ValueError("the async pipeline needs swimlanes.env_groups >= 2")
@@ -57,7 +59,7 @@ class AsyncPipeline:
     self.placement = placement
     self.tracer = tracer
     self.faults = faults
-    self.join_timeout_s = join_timeout_s
+    self.join_timeout_s = join_timeout_s or comp.config.swimlanes.stall_timeout_s
     self.sampler = stages_lib.Sampler(comp, placement, rng)
     self.stages = stages_lib.Stages(comp, placement, rng, poison)
     self.state: Optional[steps.TrainState] = None
@@ -203,7 +205,7 @@ class AsyncPipeline:
       with tr.span("gradient", f"update {it}"):
         state, metrics = st.learn(self.state, slot, bootstrap, it)
         jax.block_until_ready(state)
-      # The update has read the slot (and the state it was given is donated): recycle both.
+      # The update has read the slot: it can be filled again.
       self.state, self.iteration = state, it
       ring.release(slot)
       with tr.span("gradient", f"publish v{it}"):

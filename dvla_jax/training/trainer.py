@@ -81,10 +81,9 @@ def train(config, workdir: str, progress_fn: Optional[Callable[[int, dict], None
                                   max_to_keep=config.train.keep_checkpoints)
   tracer = Tracer(config.swimlanes.trace, config.swimlanes.trace_max_spans)
   stop = stop or threading.Event()
-  preempted = threading.Event()
   try:
-    with _stop_on_sigterm(stop, preempted):
-      return _Run(config, ckpt, progress_fn, tracer, stop, preempted).train(components)
+    with _stop_on_sigterm(stop):
+      return _Run(config, ckpt, progress_fn, tracer, stop).train(components)
   finally:
     if config.swimlanes.trace and jax.process_index() == 0:
       tracer.write(os.path.join(workdir, TRACE_FILE), {"pipeline": config.pipeline})
@@ -94,7 +93,7 @@ def train(config, workdir: str, progress_fn: Optional[Callable[[int, dict], None
 
 
 @contextlib.contextmanager
-def _stop_on_sigterm(stop: threading.Event, preempted: threading.Event):
+def _stop_on_sigterm(stop: threading.Event):
   """Turns SIGTERM into a stop request while the run lasts (main thread only)."""
   if threading.current_thread() is not threading.main_thread():
     yield
@@ -103,7 +102,6 @@ def _stop_on_sigterm(stop: threading.Event, preempted: threading.Event):
   def handler(signum, frame):
     del signum, frame
     logging.warning("SIGTERM: stopping the lanes and writing a checkpoint")
-    preempted.set()
     stop.set()
 
   previous = signal.signal(signal.SIGTERM, handler)
@@ -130,13 +128,12 @@ def make_placement(config) -> parallel.Placement:
 class _Run:
   """One call of `train`: the state the update callback needs between iterations."""
 
-  def __init__(self, config, ckpt, progress_fn, tracer, stop, preempted):
+  def __init__(self, config, ckpt, progress_fn, tracer, stop):
     self.config = config
     self.ckpt = ckpt
     self.progress_fn = progress_fn
     self.tracer = tracer
     self.stop = stop
-    self.preempted = preempted
     self.skipped_total = 0
     self.skipped_in_a_row = 0
     self.last_saved = None
@@ -194,8 +191,8 @@ class _Run:
       if isinstance(e.__cause__, BadUpdatesError):  # Raised by the callback, on a lane.
         raise e.__cause__ from None
       raise
-    if self.preempted.is_set() and done < total:
-      logging.warning("preempted at iteration %d of %d", done, total)
+    if done < total:  # Stopped early: SIGTERM or the caller's stop event.
+      logging.warning("stopped at iteration %d of %d; saving a checkpoint", done, total)
       if self.last_saved != done:
         self._save(done, train_state)
       self.ckpt.wait()
