@@ -4,6 +4,12 @@ r"""Says ahead of time whether a model fits a mesh: per-device bytes of the lear
     python tools/plan_memory.py --preset 1t --mesh data=4,fsdp=512,tensor=16 --dtype bfloat16 \
         --remat --device_memory_gib 80
     python tools/plan_memory.py --preset small --mesh fsdp=2,tensor=2 --batch 8   # + compiles
+    python tools/plan_memory.py --config=configs/gpu8.py --devices=8 --device_memory_gib=80
+
+With `--config` (a run config file, `path[:arg]` as `dvla_jax.main` takes it) the tool checks
+the run for `--devices` devices as a run does at start-up (config check, placement, meshes
+that divide the model) and adds the sim, actor and learner planes up on the devices they
+share (`dvla_jax.training.run_plan`); it prints the fullest device's terms and a verdict.
 
 Parameters, optimizer state (Adam, float32 moments), gradients, activations (an analytic
 per-layer count), FSDP gather buffers and the batch are computed from shapes and the logical
@@ -18,6 +24,7 @@ printed as one line.
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -42,7 +49,11 @@ _MAX_COMPILE_DEVICES = 8
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="tools/plan_memory.py", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--preset", required=True, help=f"model preset: {', '.join(models.PRESETS)}")
+  p.add_argument("--preset", help=f"model preset: {', '.join(models.PRESETS)}")
+  p.add_argument("--config", default=None, help="instead of --preset and the meshes: a run "
+                 "config file, e.g. configs/gpu8.py (or configs/gpu8.py:runlocal)")
+  p.add_argument("--devices", type=int, default=0,
+                 help="with --config: devices of the run, all hosts together")
   p.add_argument("--mesh", default="", help="learner mesh, e.g. data=4,fsdp=32,tensor=8 "
                  "(missing axes are 1)")
   p.add_argument("--batch", type=int, default=0,
@@ -105,8 +116,53 @@ def _compile_report(config, plan, mesh_shape) -> dict:
   }
 
 
+def _load_run_config(argument: str):
+  """The config of a `path[:arg]` config file (as `--config=` of `dvla_jax.main` reads it)."""
+  path, *arg = argument.split(":", 1)
+  if not os.path.isfile(path):
+    raise ValueError(f"--config={argument}: no such file; allowed: a config file, "
+                     "e.g. configs/gpu8.py")
+  spec = importlib.util.spec_from_file_location("_dvla_run_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*arg)
+
+
+def _main_config(args) -> int:
+  """--config mode: the whole run's placement and per-device memory."""
+  from dvla_jax.training import config_check  # pylint: disable=g-import-not-at-top
+  from dvla_jax.training import run_plan  # pylint: disable=g-import-not-at-top
+
+  try:
+    if args.devices < 1:
+      raise ValueError(f"--devices={args.devices}; allowed: >= 1 (required with --config)")
+    if args.device_memory_gib <= 0:
+      raise ValueError(f"--device_memory_gib={args.device_memory_gib}; allowed: > 0")
+    plan = run_plan.plan_run(_load_run_config(args.config), args.devices)
+  except (ValueError, config_check.ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  device_bytes = int(args.device_memory_gib * memory_plan.GIB)
+  print(plan.format(device_bytes))
+  fits = plan.fits(device_bytes)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"config": args.config, "devices": args.devices, "device_bytes": device_bytes,
+                 "device_ids": plan.device_ids, "num_params": plan.steps.num_params,
+                 "per_device": {str(d): t for d, t in plan.per_device.items()},
+                 "peak_device": plan.peak()[0], "peak_bytes": plan.peak()[1], "fits": fits},
+                f, indent=2)
+  return 1 if args.strict and not fits else 0
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  if args.config is not None:
+    return _main_config(args)
+  if args.preset is None:
+    print("error: --preset is required (or --config); allowed: "
+          f"{', '.join(models.PRESETS)}", file=sys.stderr)
+    return 2
   try:
     config = models.get_preset(args.preset, **_overrides(args))
     mesh_shape = memory_plan.parse_mesh(args.mesh)
