@@ -19,6 +19,7 @@ import optax
 from dvla_jax import envs
 from dvla_jax.envs import randomization
 from dvla_jax import models
+from dvla_jax.training import config_check
 from dvla_jax.training import steps
 
 
@@ -142,7 +143,7 @@ def env_config(config, num_worlds: Optional[int] = None) -> envs.EnvConfig:
   horizon = config.model.action_horizon or preset.action_horizon
   return envs.EnvConfig(
       num_worlds=num_worlds or config.env.num_envs, image_size=config.env.image_size,
-      episode_length=config.env.episode_length, action_horizon=horizon,
+      episode_length=config.env.episode_length or None, action_horizon=horizon,
       impl=config.env.impl)
 
 
@@ -167,6 +168,12 @@ _DR_STREAM = 7  # Random stream of the domain-randomisation draw.
 
 def _make_group(config, num_worlds: int) -> EnvGroup:
   env = envs.make(config.env.task, env_config(config, num_worlds))
+  limit = env.config.episode_length
+  if config.rl.algo == "grpo" and config.rl.rollout_length < limit:
+    raise config_check.ConfigError(
+        f"rl.rollout_length={config.rl.rollout_length} shorter than {config.env.task!r}'s "
+        f"episode of {limit} steps with rl.algo='grpo'; allowed: >= {limit} (every env "
+        "finishes an episode)")
   # Every group draws the same per-world physics and colours (one key per run).
   venv = randomization.wrap_env(env, config.env.domain_randomization,
                                 jax.random.fold_in(jax.random.key(config.seed), _DR_STREAM))

@@ -91,7 +91,7 @@ _RULES: dict[str, _Rule] = {
     "pipeline": _choice("sync", "async"),
     "env.task": _Rule(str),
     "env.num_envs": _int(ge=1),
-    "env.episode_length": _int(ge=1),
+    "env.episode_length": _int(ge=0),
     "env.image_size": _int(ge=32, le=128),
     "env.impl": _choice("warp", "jax"),
     "env.domain_randomization": _Rule(bool),
@@ -272,6 +272,8 @@ def _check_batches(flat: Mapping[str, Any]) -> None:
     if per_group % size:
       raise ConfigError(f"rl.group_size={size} does not divide the envs per env group "
                         f"({per_group}); allowed: {_divisors_text(per_group)}")
+    # (With env.episode_length=0 the task's default is known only to the env; the builder
+    # checks it there.)
     if flat["rl.rollout_length"] < flat["env.episode_length"]:
       raise ConfigError(f"rl.rollout_length={flat['rl.rollout_length']} shorter than "
                         f"env.episode_length={flat['env.episode_length']} with rl.algo='grpo'; "

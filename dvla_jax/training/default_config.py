@@ -13,7 +13,8 @@ Fields:
 
   env.task: a task name from the registry (`python -m dvla_jax.envs --list`).
   env.num_envs: parallel environments in total (N), split evenly over the env groups.
-  env.episode_length: policy steps per episode (each step executes one action chunk).
+  env.episode_length: policy steps per episode (each step executes one action chunk); 0 takes
+    the task's default (touch_cube 16, suite tasks 24-64: `python -m dvla_jax.envs --list`).
   env.image_size: square camera resolution in pixels (32..128).
   env.impl: MJX implementation, "warp" (fast, renders) or "jax".
   env.domain_randomization: per-world friction, mass, colours and lighting through brax's
@@ -123,7 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.env = ml_collections.ConfigDict()
   config.env.task = "touch_cube"
   config.env.num_envs = 128
-  config.env.episode_length = 16
+  config.env.episode_length = 0
   config.env.image_size = 32
   config.env.impl = "warp"
   config.env.domain_randomization = False

@@ -48,7 +48,7 @@ def _episode(comp: Components, params, rng):
   success = jnp.zeros_like(active)
   ret = jnp.zeros_like(active)
   length = jnp.zeros_like(active)
-  for t in range(comp.config.env.episode_length):
+  for t in range(comp.env.config.episode_length):
     if comp.config.train.eval_greedy:
       out = comp.act_greedy(params, state.obs)
     else:
