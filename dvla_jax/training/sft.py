@@ -197,7 +197,7 @@ def load_or_record(config, comp: builders.Components, rng: jax.Array,
   return steps
 
 
-def _batches(steps: dict[str, np.ndarray], batch_size: int, seed: int):
+def batches(steps: dict[str, np.ndarray], batch_size: int, seed: int):
   """Endless shuffled batches of `batch_size` steps (each epoch's short remainder dropped)."""
   rng = np.random.default_rng(seed)
   n = len(steps["row"])
@@ -208,7 +208,7 @@ def _batches(steps: dict[str, np.ndarray], batch_size: int, seed: int):
       yield {k: v[idx] for k, v in steps.items()}
 
 
-def _to_batch(steps: dict[str, np.ndarray], mc: models.VLAConfig) -> dict[str, Any]:
+def to_batch(steps: dict[str, np.ndarray], mc: models.VLAConfig) -> dict[str, Any]:
   tokens = steps["action_tokens"].reshape(-1, mc.action_horizon, mc.action_dim)
   return {"obs": {k: steps[k] for k in ("image", "text", "proprio")}, "tokens": tokens}
 
@@ -328,7 +328,7 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
     count = len(holdout["row"]) // holdout_batch
     for i in range(count):
       chunk = {k: v[i * holdout_batch:(i + 1) * holdout_batch] for k, v in holdout.items()}
-      _, m = loss_fn(params, placement.put_batch(_to_batch(chunk, mc), "learner"))
+      _, m = loss_fn(params, placement.put_batch(to_batch(chunk, mc), "learner"))
       sums += np.array([float(m["loss"]), float(m["token_accuracy"])])
     return {"sft/holdout_loss": float(sums[0] / count),
             "sft/holdout_accuracy": float(sums[1] / count)}
@@ -347,10 +347,10 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
                "demo_episodes": n_train})
 
   result = evaluate(0) if start == 0 else {}
-  batches = _batches(train_steps, batch_size, seed=config.seed * 1_000_003 + start)
+  stream = batches(train_steps, batch_size, seed=config.seed * 1_000_003 + start)
   window = time.perf_counter()
   for step in range(start + 1, total + 1):
-    batch = placement.put_batch(_to_batch(next(batches), mc), "learner")
+    batch = placement.put_batch(to_batch(next(stream), mc), "learner")
     train_state, metrics = step_fn(train_state, batch)
     if step % config.train.log_every == 0 or step == total:
       values = metrics_lib.device_get_metrics(metrics)

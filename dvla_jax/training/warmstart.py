@@ -14,7 +14,6 @@ import functools
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
 from dvla_jax.training import builders
 from dvla_jax.training import config_check
@@ -55,18 +54,11 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
                     donate_argnums=0)
   state = steps_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                                opt_state=optimizer.init(params))
-  mc = comp.model_config
-  shuffle = np.random.default_rng(config.seed)
-  per_epoch = n // batch_size
+  stream = sft.batches(demos, batch_size, seed=config.seed)
   total = config.rl.warmstart_steps
   log_every = max(1, total // 4)
   for i in range(total):
-    if i % per_epoch == 0:
-      order = shuffle.permutation(n)
-    idx = order[(i % per_epoch) * batch_size:(i % per_epoch + 1) * batch_size]
-    batch = {"obs": {k: demos[k][idx] for k in ("image", "text", "proprio")},
-             "tokens": demos["action_tokens"][idx].reshape(-1, mc.action_horizon,
-                                                           mc.action_dim)}
+    batch = sft.to_batch(next(stream), comp.model_config)
     state, metrics = step_fn(state, placement.put_batch(batch, "learner"))
     if (i + 1) % log_every == 0 or i + 1 == total:
       values = {k.replace("sft/", "warmstart/"): float(v)
