@@ -268,9 +268,9 @@ def expert_table(task_names: Sequence[str] | None = None,
     registry.check_task(other)
     cfg = registry.default_config(other, **_batch_fields(config, 8))
     env = registry.make(other, cfg)
-    table[other] = _run(env, jax.jit(lambda r, e=env: jax.vmap(e.reset)(
+    table.update(_run(env, jax.jit(lambda r, e=env: jax.vmap(e.reset)(
         jax.random.split(r, e.config.num_worlds))), [other], np.zeros(cfg.num_worlds, int),
-        episodes, seed)
+        episodes, seed))
   if in_suite:
     cfg = suite.SuiteEnv.default_config(
         config, task_names=in_suite, **_batch_fields(config, 8 * len(in_suite)))

@@ -62,3 +62,13 @@ def test_video_records_the_expert(tmp_path, capsys):
   assert len(frames) > 4
   # The gripper moves: the first and last frames differ.
   assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).sum(-1).mean() > 5
+
+
+def test_experts_rates_a_task_outside_the_suite(tmp_path, capsys):
+  out = tmp_path / "experts.json"
+  assert cli.main(["--experts", "--task", "touch_cube", "--episodes", "8",
+                   "--out", str(out)]) == 0
+  assert "touch_cube" in capsys.readouterr().out
+  import json  # pylint: disable=g-import-not-at-top
+  row = json.loads(out.read_text())["touch_cube"]
+  assert row["episodes"] >= 8 and row["success_rate"] > 0.9
