@@ -19,6 +19,8 @@ import shlex
 import subprocess
 import sys
 
+from matplotlib import image as plt_image
+import numpy as np
 import pytest
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,6 +59,8 @@ COVERED = {
                                 "overrides",
     "experiments/bench_broadcast.py": "test_bench_broadcast_smallest_run",
     "tools/make_notebook.py": "test_make_notebook_writes_the_committed_notebook",
+    "python tools/draw_architecture.py --out=docs/architecture.png":
+        "test_draw_architecture_redraws_the_committed_picture",
 }
 
 _COMMAND_START = re.compile(
@@ -261,6 +265,18 @@ def test_make_notebook_writes_the_committed_notebook(tmp_path):
   assert result.returncode == 0, result.stderr
   committed = _ROOT / "experiments" / "colab_demo.ipynb"
   assert out.read_text() == committed.read_text()
+
+
+def test_draw_architecture_redraws_the_committed_picture(tmp_path):
+  out = tmp_path / "architecture.png"
+  result = _run(_python("python tools/draw_architecture.py --out=docs/architecture.png",
+                        ("docs/architecture.png", str(out))), timeout=120)
+  assert result.returncode == 0, result.stderr
+  drawn, committed = (plt_image.imread(str(p)) for p in (out, _ROOT / "docs" / "architecture.png"))
+  assert drawn.shape == committed.shape
+  # The same picture (text rendering may differ by a few anti-aliased pixels elsewhere).
+  assert float(np.abs(drawn - committed).mean()) < 0.01
+  assert "](docs/architecture.png)" in _README.read_text()
 
 
 def test_plan_memory_7b_command():
