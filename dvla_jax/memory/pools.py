@@ -44,6 +44,7 @@ def _overwrite(dst: Any, src: Any) -> Any:
 # Donating jits shared by every pool (jit caches one program per shape and sharding).
 write_step = jax.jit(_write_step, donate_argnums=0)
 overwrite = jax.jit(_overwrite, donate_argnums=0)
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 class SlotPool:
@@ -151,8 +152,7 @@ class WeightBuffer:
       params: the first weights, already on the actor devices; a second copy is made.
       version: their policy version.
     """
-    copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p))
-    self._bufs = [params, copy(params)]
+    self._bufs = [params, _copy(params)]
     self._versions = [version, -1]
     self._held = 0  # The copy the reader acts with.
     self._lock = threading.Lock()
@@ -203,6 +203,10 @@ class StaticPool:
     """Adds an entry; `trees()` returns its current trees (they change as donation replaces
     them, the bytes do not)."""
     self._entries[name] = trees
+
+  def trees(self, name: str) -> list[Any]:
+    """The current trees of entry `name`."""
+    return self._entries[name]()
 
   def per_device_bytes(self) -> dict[str, dict[Any, int]]:
     out = {}

@@ -13,7 +13,7 @@ from dvla_jax.swimlanes.lanes import Supervisor
 from dvla_jax.swimlanes.pipeline import AsyncPipeline
 from dvla_jax.swimlanes.stages import Poison
 from dvla_jax.swimlanes.stages import Sampler
-from dvla_jax.swimlanes.stages import SlotRing
+from dvla_jax.swimlanes.stages import Slot
 from dvla_jax.swimlanes.stages import Stages
 from dvla_jax.swimlanes.sync import SyncPipeline
 from dvla_jax.swimlanes.tracing import Span
@@ -29,7 +29,7 @@ __all__ = [
     "Mailbox",
     "Poison",
     "Sampler",
-    "SlotRing",
+    "Slot",
     "Span",
     "StallError",
     "Stages",

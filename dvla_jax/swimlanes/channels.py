@@ -9,7 +9,7 @@ failed or the run is over and raises `Stopped`. A wait that lasts longer than
 import queue
 import threading
 import time
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -63,8 +63,12 @@ class Channel(Generic[T]):
       except queue.Full:
         self._deadline_passed(start, "full")
 
-  def get(self) -> T:
+  def get(self, until: Optional[Callable[[], bool]] = None) -> Optional[T]:
     """Removes and returns the oldest item, waiting while the channel is empty.
+
+    Args:
+      until: checked at every poll while the channel is empty; once it returns True the
+        call gives up and returns None (e.g. to park the lane for a memory census).
 
     Raises:
       Stopped: the stop event was set.
@@ -77,6 +81,8 @@ class Channel(Generic[T]):
       try:
         return self._queue.get(timeout=self._poll_s)
       except queue.Empty:
+        if until is not None and until():
+          return None
         self._deadline_passed(start, "empty")
 
   def get_nowait(self) -> Optional[T]:
@@ -148,3 +154,28 @@ class Mailbox:
         self._cond.wait(self._poll_s)
       self._read_version = max(self._read_version, self._version)
       return self._version, self._value
+
+
+def wait_for(take: Callable[[float], Optional[T]], what: str, stop: threading.Event,
+             poll_s: float = 0.05, stall_timeout_s: float = 600.0,
+             idle: Optional[Callable[[], None]] = None) -> T:
+  """Polls `take(timeout)` (None: nothing yet) with the channels' stop and stall rules.
+
+  For waits on something other than a channel, e.g. a free slot of a `memory.SlotPool`.
+  `idle()`, if given, runs after every empty poll (e.g. to park the lane for a census).
+
+  Raises:
+    Stopped: the stop event was set.
+    StallError: nothing came for longer than the stall timeout.
+  """
+  start = time.monotonic()
+  while True:
+    if stop.is_set():
+      raise Stopped(what)
+    item = take(poll_s)
+    if item is not None:
+      return item
+    if idle is not None:
+      idle()
+    if time.monotonic() - start > stall_timeout_s:
+      raise StallError(f"{what}: nothing for more than {stall_timeout_s:g}s")

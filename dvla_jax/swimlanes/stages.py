@@ -6,17 +6,26 @@ four threads run them at the same time.
 
   sampling      `Sampler.reset` / `Sampler.step`: env groups on their sim devices
   inference     `Stages.act` and `Stages.record`: policy forward, rollout slot writes
-  gradient      `Stages.learn`: a rollout slot onto the learner mesh, one update
-  distribution  `Stages.distribute`: learner weights onto the actor mesh
+  gradient      `Stages.learn`: a rollout slot onto the learner mesh, one update;
+                `Stages.publish`: the new params into the learner's snapshot buffer
+  distribution  `Stages.distribute_into`: a snapshot onto the actor mesh, into the actors'
+                incoming weight buffer
+
+The device memory they work in is allocated once (`dvla_jax.memory`): the rollout slots
+(`Stages.slot_pool`, a `memory.SlotPool` on the actor mesh), the learner's params snapshot
+and the actors' weights (`Stages.weight_buffers`, two `memory.WeightBuffer`s); every
+per-step write into them is a donating update.
 """
 
 import dataclasses
 from typing import Any, Optional
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 
+from dvla_jax import memory
 from dvla_jax.parallel import Placement
-from dvla_jax.swimlanes.channels import Channel
 from dvla_jax.training import steps
 from dvla_jax.training.builders import Components
 
@@ -35,30 +44,18 @@ class Poison:
     return self.start >= 0 and self.start <= iteration < self.start + self.count
 
 
-class SlotRing:
-  """A fixed ring of rollout slots on the actor mesh; an empty free list is backpressure.
+@flax.struct.dataclass
+class Slot:
+  """One slot of the rollout pool: T steps of one env group and the value that bootstraps them.
 
-  The slots are allocated once; the inference lane fills one per env group with donated
-  writes (in place) and the gradient lane hands it back once its update has read it.
+  Attributes:
+    rollout: the steps, `[T, B, ...]`.
+    bootstrap: f32 [B], critic value of the observation after the last step (written into
+      the slot so that a full slot carries no other device array to the learner).
   """
 
-  def __init__(self, comp: Components, placement: Placement, num_slots: int, free: Channel):
-    abstract = jax.eval_shape(comp.empty_slot)
-    shardings = jax.tree.map(
-        lambda x: placement.batch_sharding("actor", tuple(x.shape), batch_axis=1), abstract)
-    make = jax.jit(comp.empty_slot, out_shardings=shardings)
-    self.num_slots = num_slots
-    self.bytes_per_slot = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
-    self.free = free
-    for _ in range(num_slots):
-      free.put(make())
-
-  def acquire(self) -> steps.RolloutSlot:
-    """A free slot (waits while all are in use)."""
-    return self.free.get()
-
-  def release(self, slot: steps.RolloutSlot) -> None:
-    self.free.put(slot)
+  rollout: steps.RolloutSlot
+  bootstrap: jax.Array
 
 
 class Sampler:
@@ -133,31 +130,71 @@ class Stages:
   def actions_to_sim(self, out: steps.ActOutput, group: int) -> jax.Array:
     return self.placement.put_sim(out.actions, group)
 
-  def record(self, slot: steps.RolloutSlot, t: int, obs, out: steps.ActOutput, version: int,
-             result: steps.EnvStep) -> steps.RolloutSlot:
-    """Writes step `t` into `slot` in place (the slot passed in is consumed)."""
-    return self.comp.write_step(slot, t, obs, out, version, result)
+  def slot_pool(self, num_slots: int) -> memory.SlotPool:
+    """The ring of `num_slots` rollout slots, allocated on the actor mesh (env axis split)."""
+    comp, placement = self.comp, self.placement
 
-  def learn(self, state: steps.TrainState, slot: steps.RolloutSlot, bootstrap: jax.Array,
-            iteration: int) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+    def empty() -> Slot:
+      return Slot(rollout=comp.empty_slot(), bootstrap=jnp.zeros((comp.envs_per_group,)))
+
+    # Rollout fields are time-major, [T, B, ...]; the bootstrap is [B].
+    shardings = jax.tree.map(
+        lambda x: placement.batch_sharding("actor", tuple(x.shape), int(x.ndim > 1)),
+        jax.eval_shape(empty))
+    return memory.SlotPool(jax.jit(empty, out_shardings=shardings), num_slots)
+
+  def weight_buffers(self, state: steps.TrainState, version: int
+                     ) -> tuple[memory.WeightBuffer, memory.WeightBuffer]:
+    """The learner's params snapshot and the actors' weights, both double buffers.
+
+    The snapshot (learner mesh) is what the distribution lane reads while the next update
+    donates the train state; the actors' buffer (actor mesh) is what inference acts with
+    while the next version is copied in.
+
+    Returns:
+      (learner snapshot, actor weights), both holding `state.params` as `version`.
+    """
+    snapshot = memory.WeightBuffer(self.comp.copy_params(state.params), version)
+    # A copy even where the planes share devices: the actors' buffers are donated on their own.
+    actor = self.comp.copy_params(self.distribute(state.params))
+    return snapshot, memory.WeightBuffer(actor, version)
+
+  def record(self, slot: Slot, t: int, obs, out: steps.ActOutput, version: int,
+             result: steps.EnvStep) -> Slot:
+    """Writes step `t` into `slot` in place (the slot passed in is consumed)."""
+    return slot.replace(rollout=self.comp.write_step(slot.rollout, t, obs, out, version, result))
+
+  def record_bootstrap(self, slot: Slot, value: jax.Array) -> Slot:
+    """Writes the bootstrap value [B] into `slot` in place (the slot passed in is consumed)."""
+    return slot.replace(bootstrap=memory.overwrite(slot.bootstrap, value))
+
+  def learn(self, state: steps.TrainState, slot: Slot, iteration: int
+            ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
     """One update on a full slot; `iteration` (1-based) is the update's number.
 
-    The train state passed in is donated.
+    The train state passed in is donated; the slot is only read.
     """
-    slot = self.placement.put_batch(slot, "learner", batch_axis=1)
-    bootstrap = self.placement.put_batch(bootstrap, "learner", batch_axis=0)
+    rollout = self.placement.put_batch(slot.rollout, "learner", batch_axis=1)
+    bootstrap = self.placement.put_batch(slot.bootstrap, "learner", batch_axis=0)
     if self.poison.applies(iteration):
-      slot = self.comp.poison(slot)
-    metrics = self.comp.slot_metrics(slot)
+      rollout = self.comp.poison(rollout)
+    metrics = self.comp.slot_metrics(rollout)
     rng = jax.random.fold_in(jax.random.fold_in(self.rng, _LEARN), iteration)
-    state, learner_metrics = self.comp.update(state, slot.transition, bootstrap, rng)
+    state, learner_metrics = self.comp.update(state, rollout.transition, bootstrap, rng)
     metrics.update(learner_metrics)
     return state, metrics
 
-  def snapshot(self, state: steps.TrainState):
-    """A copy of the learner params that the next (donating) update cannot delete."""
-    return self.comp.copy_params(state.params)
+  def publish(self, snapshot: memory.WeightBuffer, version: int,
+              state: steps.TrainState) -> None:
+    """Copies the learner params into the snapshot buffer in place, as `version` (waits for
+    the copy: the next update donates `state`)."""
+    snapshot.stage(version, state.params)
 
   def distribute(self, params):
-    """Learner params onto the actor mesh in the actor's sharding."""
+    """Learner params onto the actor mesh in the actor's sharding (a new copy unless the
+    planes share devices and layout)."""
     return self.placement.put_state(params, "actor")
+
+  def distribute_into(self, actor: memory.WeightBuffer, version: int, params) -> None:
+    """Copies learner params into the actors' incoming weights (in place), as `version`."""
+    actor.stage(version, self.distribute(params))

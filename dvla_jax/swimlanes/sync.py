@@ -14,7 +14,6 @@ import jax
 
 from dvla_jax.parallel import Placement
 from dvla_jax.swimlanes import stages as stages_lib
-from dvla_jax.swimlanes.channels import Channel
 from dvla_jax.swimlanes.lanes import FaultPlan
 from dvla_jax.swimlanes.tracing import Tracer
 from dvla_jax.training import steps
@@ -71,10 +70,10 @@ class SyncPipeline:
     cfg = comp.config
     num_groups = len(comp.groups)
     self.state, self.iteration = train_state, start
-    free = Channel("free slots", 1, stop, cfg.swimlanes.poll_s, cfg.swimlanes.stall_timeout_s)
-    ring = stages_lib.SlotRing(comp, self.placement, 1, free)
+    pool = st.slot_pool(1)
     with tr.span("distribution", "transfer"):
-      params = self._ready(st.distribute(st.snapshot(self.state)))
+      snapshot, weights = st.weight_buffers(self.state, start)
+      params = self._ready(weights.take_newest()[1])
     with tr.span("sampling", "reset"):
       for g in range(num_groups):
         self._ready(self.sampler.reset(g, round_=start))
@@ -84,7 +83,7 @@ class SyncPipeline:
         break
       g = it % num_groups
       version = it
-      slot = ring.acquire()
+      slot = pool.acquire(timeout=0)
       result = self.sampler.current(g)
       for t in range(cfg.rl.rollout_length):
         with tr.span("inference", f"act g{g}"):
@@ -100,17 +99,21 @@ class SyncPipeline:
         with tr.span("inference", f"record g{g}"):
           slot = self._ready(st.record(slot, t, obs, out, version, st.to_actor(result)))
       with tr.span("inference", f"bootstrap g{g}"):
-        bootstrap = self._ready(comp.value(params, st.to_actor(result).obs))
+        bootstrap = comp.value(params, st.to_actor(result).obs)
+        slot = self._ready(st.record_bootstrap(slot, bootstrap))
       with tr.span("gradient", f"update {it + 1}"):
-        self.state, metrics = st.learn(self.state, slot, bootstrap, it + 1)
+        self.state, metrics = st.learn(self.state, slot, it + 1)
         self._ready(self.state)
-      ring.release(slot)
+      pool.release(slot)
       self.iteration = it + 1
       on_update(it + 1, self.state, metrics)
       counts["gradient"] += 1
       self.faults.check("gradient", counts["gradient"])
       with tr.span("distribution", f"transfer v{it + 1}"):
-        params = self._ready(st.distribute(st.snapshot(self.state)))
+        # The same in-place copies as the async lanes: snapshot, then the actors' buffer.
+        st.publish(snapshot, it + 1, self.state)
+        st.distribute_into(weights, *snapshot.take_newest())
+        params = weights.take_newest()[1]
       counts["distribution"] += 1
       self.faults.check("distribution", counts["distribution"])
     return self.state, self.iteration
