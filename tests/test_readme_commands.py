@@ -59,6 +59,11 @@ COVERED = {
                                 "overrides",
     "experiments/bench_broadcast.py": "test_bench_broadcast_smallest_run",
     "tools/make_notebook.py": "test_make_notebook_writes_the_committed_notebook",
+    "python -m dvla_jax.envs --list":
+        "envs/test_cli.py::test_list_prints_every_task_with_its_suite",
+    # The full table takes minutes; the test rates one task with fewer episodes, same code path.
+    "python -m dvla_jax.envs --experts --episodes 16":
+        "envs/test_cli.py::test_experts_rates_a_task_outside_the_suite",
     "python tools/draw_architecture.py --out=docs/architecture.png":
         "test_draw_architecture_redraws_the_committed_picture",
 }
