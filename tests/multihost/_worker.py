@@ -3,8 +3,9 @@
 
 Every process runs this same program. Devices: 3 fake CPU devices per process. The learner
 mesh is process 0's first two devices; the actor mesh is one device of each process, so
-the weights cross the process boundary by `broadcast_via_collective`. Process 0 runs the
-learner updates; both processes act with the weights they received. Each process prints one
+the weights cross the process boundary by `broadcast_via_collective` and are copied in place
+into the actors' weight double buffer (`memory.WeightBuffer`, whose buffers never move).
+Process 0 runs the learner updates; both processes act with the weights they received. Each process prints one
 JSON line per event for the test to compare.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import optax
 
 from dvla_jax import main as main_lib
+from dvla_jax import memory
 from dvla_jax import parallel
 from dvla_jax.training import checkpoints
 from dvla_jax.training import metrics as metrics_lib
@@ -40,6 +42,11 @@ def _checksum(tree) -> float:
 def _local(tree):
   """The copy this process's actor device holds of a replicated tree."""
   return jax.tree.map(lambda x: x.addressable_shards[0].data, tree)
+
+
+def _pointers(trees) -> set[int]:
+  return {s.data.unsafe_buffer_pointer() for tree in trees for x in jax.tree.leaves(tree)
+          for s in x.addressable_shards}
 
 
 def _abstract(tree, shardings):
@@ -92,13 +99,22 @@ def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
   state = jax.jit(init, out_shardings=state_sh)() if mine else None
   writer = metrics_lib.MetricsWriter(workdir, ITERATIONS, console=False)
   obs = jnp.arange(3.0)
+  # The actors' weights live in a double buffer across both processes (the static pool):
+  # each received version is copied into the incoming copy in place, and the actor swaps.
+  source = state["params"] if mine else _abstract(abstract_state["params"], learner_sh)
+  weights = memory.WeightBuffer(
+      parallel.broadcast_via_collective(source, learner_mesh, actor_mesh, actor_sh), 0)
+  buffers = _pointers(weights.trees())
   for it in range(1, ITERATIONS + 1):
     if mine:
       state = learn(state)
       _emit(kind="learner", version=it, checksum=_checksum(state["params"]))
     # A process without learner devices passes the weights' shapes and shardings only.
     source = state["params"] if mine else _abstract(abstract_state["params"], learner_sh)
-    received = parallel.broadcast_via_collective(source, learner_mesh, actor_mesh, actor_sh)
+    weights.stage(it, parallel.broadcast_via_collective(source, learner_mesh, actor_mesh,
+                                                        actor_sh))
+    version, received = weights.take_newest()
+    assert version == it and _pointers(weights.trees()) == buffers, "weights moved"
     local = _local(received)
     _emit(kind="actor", version=int(local["version"]), checksum=_checksum(local),
           action=float(act(local, obs)), device=local["w"].devices().pop().id)

@@ -1,4 +1,5 @@
-"""Two processes on localhost (jax.distributed, gloo): weights cross processes, orbax round trip.
+"""Two processes on localhost (jax.distributed, gloo): weights cross processes into the actors'
+in-place weight double buffer, orbax round trip.
 
 Each process runs `_worker.py` (the same program) with 3 fake CPU devices; the learner plane
 is on process 0 and the actor plane has one device in each process. Every child is killed
