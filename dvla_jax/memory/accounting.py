@@ -8,6 +8,7 @@ measure that, and turn a donation XLA could not use (a silent extra buffer) into
 import collections
 import contextlib
 import gc
+import math
 import warnings
 from typing import Any, Iterator
 
@@ -26,8 +27,14 @@ def tree_bytes_per_device(tree: Any) -> dict[Any, int]:
   """Bytes each addressable device holds for `tree` (replicas count on every device)."""
   counts: dict[Any, int] = collections.Counter()
   for x in jax.tree.leaves(tree):
-    for shard in getattr(x, "addressable_shards", ()):
-      counts[shard.device] += shard.data.size * shard.data.dtype.itemsize
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:
+      continue
+    # From the sharding alone: `x.addressable_shards` would build (and jax keeps) a new array
+    # per shard, so counting live arrays through it would change their number.
+    per_device = math.prod(sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    for device in sharding.addressable_devices:
+      counts[device] += per_device
   return dict(counts)
 
 

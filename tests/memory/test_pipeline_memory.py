@@ -64,10 +64,6 @@ def test_async_steady_state_allocates_no_device_buffers(monkeypatch):
     if iteration < WARMUP or (iteration - WARMUP) % EVERY:
       return
     with pipe.paused():
-      if not census:
-        # The first count in a process comes out lower than every later one, even one taken
-        # right after it with nothing running (by 272 small arrays here); it is not kept.
-        memory.live_device_bytes()
       census[iteration] = memory.live_device_bytes()
       static, _ = pipe.pools
       static_buffers[iteration] = _pointers(
