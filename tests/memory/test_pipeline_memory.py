@@ -46,7 +46,7 @@ def _pointers(trees) -> set[int]:
 
 
 @pytest.mark.slow
-def test_async_steady_state_allocates_no_device_buffers(monkeypatch):
+def test_async_pipeline_in_its_pools_allocates_no_device_buffers(monkeypatch):
   # The MJX state of one world (~100 KB) outweighs the tiny model's 130 KB of weights; a model
   # of ~1 MB, still far smaller than any real VLA, lets the pools' share mean something.
   monkeypatch.setitem(presets.PRESETS, "census",
