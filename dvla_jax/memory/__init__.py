@@ -11,6 +11,7 @@ from dvla_jax.memory.accounting import tree_bytes_per_device
 from dvla_jax.memory.pools import SlotPool
 from dvla_jax.memory.pools import StaticPool
 from dvla_jax.memory.pools import WeightBuffer
+from dvla_jax.memory.pools import copy_tree
 from dvla_jax.memory.pools import overwrite
 from dvla_jax.memory.pools import report
 
@@ -19,6 +20,7 @@ __all__ = [
     "SlotPool",
     "StaticPool",
     "WeightBuffer",
+    "copy_tree",
     "donated_aliases",
     "fmt_bytes",
     "live_device_bytes",

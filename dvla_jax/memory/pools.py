@@ -44,7 +44,8 @@ def _overwrite(dst: Any, src: Any) -> Any:
 # Donating jits shared by every pool (jit caches one program per shape and sharding).
 write_step = jax.jit(_write_step, donate_argnums=0)
 overwrite = jax.jit(_overwrite, donate_argnums=0)
-_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+# A fresh copy of every leaf (new buffers, same shardings).
+copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 class SlotPool:
@@ -152,7 +153,7 @@ class WeightBuffer:
       params: the first weights, already on the actor devices; a second copy is made.
       version: their policy version.
     """
-    self._bufs = [params, _copy(params)]
+    self._bufs = [params, copy_tree(params)]
     self._versions = [version, -1]
     self._held = 0  # The copy the reader acts with.
     self._lock = threading.Lock()

@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from dvla_jax import envs
+from dvla_jax import memory
 from dvla_jax.envs import randomization
 from dvla_jax import models
 from dvla_jax.training import config_check
@@ -236,7 +237,7 @@ def build(config) -> Components:
       groups=groups, envs_per_group=per_group, decoupled=decoupled,
       write_step=jax.jit(steps.write_step, donate_argnums=0),
       slot_metrics=jax.jit(steps.slot_metrics),
-      copy_params=jax.jit(lambda p: jax.tree.map(jnp.copy, p)),
+      copy_params=memory.copy_tree,
       poison=jax.jit(_poison),
   )
 

@@ -26,6 +26,7 @@ from typing import Optional
 import jax
 
 from dvla_jax import envs
+from dvla_jax import memory
 from dvla_jax import models
 from dvla_jax import parallel
 from dvla_jax.envs import randomization
@@ -102,10 +103,6 @@ def _mesh_shape(placement, plane: str) -> dict[str, int]:
   return {axis: int(placement[plane][axis]) for axis in memory_plan.MESH_AXES}
 
 
-def _tree_bytes(tree) -> int:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-
-
 def plan_run(config, num_devices: int) -> RunPlan:
   """Checks `config` for `num_devices` devices and plans its memory per device.
 
@@ -138,7 +135,7 @@ def plan_run(config, num_devices: int) -> RunPlan:
   key = jax.random.key(config.seed)
   venv = randomization.wrap_env(env, config.env.domain_randomization, key)
   state = jax.eval_shape(venv.reset, jax.random.key_data(jax.random.split(key, 1)))
-  sim_bytes_per_world = _tree_bytes(state)  # physics, observations, wrapper info
+  sim_bytes_per_world = memory.tree_bytes(state)  # physics, observations, wrapper info
   mcfg = builders.model_config(config, env)
 
   groups = config.swimlanes.env_groups
@@ -153,7 +150,7 @@ def plan_run(config, num_devices: int) -> RunPlan:
               for k, v in state.obs.items()}
   slot = jax.eval_shape(lambda: steps.empty_slot(
       obs_spec, config.rl.rollout_length, per_group, mcfg.action_horizon, mcfg.action_dim))
-  slot_bytes = _tree_bytes(slot)
+  slot_bytes = memory.tree_bytes(slot)
   num_slots = config.swimlanes.num_slots or groups + 1
 
   per_device: dict[int, dict[str, int]] = {}
