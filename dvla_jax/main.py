@@ -18,7 +18,6 @@ or workdir) prints one line, `config error: ...`, to stderr and exits with statu
 anything heavy is imported or compiled.
 """
 
-import importlib.util
 import logging as std_logging
 import os
 import re
@@ -81,21 +80,12 @@ def _config_argument(argv: Sequence[str]) -> Optional[str]:
   return value
 
 
-def _load_config_file(argument: str) -> ml_collections.ConfigDict:
-  """Builds the config of `--config=path[:arg]` again, unlocked, to inspect its fields."""
-  path, *arg = argument.split(":", 1)
-  spec = importlib.util.spec_from_file_location("_dvla_config_probe", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*arg)
-
-
 def _unknown_override(argv: Sequence[str]) -> Optional[str]:
   """Names the first --config.<path> in argv that is not a field of the config file."""
   argument = _config_argument(argv[1:])
   if argument is None:
     return None
-  config = _load_config_file(argument)
+  config = config_check.load_config_file(argument)
   for arg in flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False):
     match = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
     if not match:
@@ -223,12 +213,11 @@ def _distributed_settings() -> Optional[tuple[Optional[str], Optional[int], Opti
   return address, count, pid
 
 
-def _init_distributed() -> None:
-  """Joins a multi-process run (`jax.distributed.initialize`) when flags or env ask for one.
+def _init_distributed(settings) -> None:
+  """Joins a multi-process run (`jax.distributed.initialize`) given `_distributed_settings()`.
 
   Must run before anything touches a JAX backend. CPU collectives across processes use gloo.
   """
-  settings = _distributed_settings()
   if settings is None:
     return
   import jax  # pylint: disable=g-import-not-at-top
@@ -252,7 +241,7 @@ class _DropLibraryInfo(std_logging.Filter):
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])!r}; allowed: --flags only")
-  _distributed_settings()  # Bad process flags fail before the config loads.
+  distributed = _distributed_settings()  # Bad process flags fail before the config loads.
   config = _loaded_config()
   try:
     config_check.validate(config, known_tasks=config_check.registered_tasks,
@@ -261,7 +250,7 @@ def main(argv: Sequence[str]) -> None:
     _fail(str(e))
   _make_workdir(_WORKDIR.value)
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
-  _init_distributed()
+  _init_distributed(distributed)
 
   # Imported here so that --help and config errors do not wait for JAX and MJX.
   from dvla_jax.training import trainer  # pylint: disable=g-import-not-at-top

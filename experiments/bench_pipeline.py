@@ -255,12 +255,9 @@ def efficiency_config(pipeline: str, max_staleness: int, seed: int, quick: bool,
   A short behaviour-cloning warm start (`rl.warmstart_steps`) brings the policy to a success
   rate PPO can climb from; the curves then compare how each pipeline's PPO uses env steps.
   """
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  from dvla_jax.training import config_check  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.py")
-  spec = importlib.util.spec_from_file_location("demo_config", path)
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  config = demo.get_config()
+  config = config_check.load_config_file(path)
   config.seed = seed
   config.pipeline = pipeline
   config.model.preset = "tiny"
@@ -326,13 +323,12 @@ def sample_efficiency(args) -> dict:
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for label, runs in curves.items():
     steps = np.array([x[0] for x in runs[0]], float)
-    for ax, k in zip(axes, (1, 2)):
-      values = np.array([[x[k] for x in run] for run in runs], float)
+    success = np.array([[x[1] for x in run] for run in runs], float)
+    ret = np.array([[x[2] for x in run] for run in runs], float)
+    for ax, values in zip(axes, (success, ret)):
       mean, std = values.mean(0), values.std(0)
       ax.plot(steps, mean, marker="o", label=label)
       ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    success = np.array([[x[1] for x in run] for run in runs], float)
-    ret = np.array([[x[2] for x in run] for run in runs], float)
     summary[label] = {"final_mean": float(success[:, -1].mean()),
                       "final_std": float(success[:, -1].std()),
                       "final_per_seed": success[:, -1].tolist(),

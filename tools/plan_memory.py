@@ -24,7 +24,6 @@ printed as one line.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -116,18 +115,6 @@ def _compile_report(config, plan, mesh_shape) -> dict:
   }
 
 
-def _load_run_config(argument: str):
-  """The config of a `path[:arg]` config file (as `--config=` of `dvla_jax.main` reads it)."""
-  path, *arg = argument.split(":", 1)
-  if not os.path.isfile(path):
-    raise ValueError(f"--config={argument}: no such file; allowed: a config file, "
-                     "e.g. configs/gpu8.py")
-  spec = importlib.util.spec_from_file_location("_dvla_run_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*arg)
-
-
 def _main_config(args) -> int:
   """--config mode: the whole run's placement and per-device memory."""
   from dvla_jax.training import config_check  # pylint: disable=g-import-not-at-top
@@ -138,7 +125,7 @@ def _main_config(args) -> int:
       raise ValueError(f"--devices={args.devices}; allowed: >= 1 (required with --config)")
     if args.device_memory_gib <= 0:
       raise ValueError(f"--device_memory_gib={args.device_memory_gib}; allowed: > 0")
-    plan = run_plan.plan_run(_load_run_config(args.config), args.devices)
+    plan = run_plan.plan_run(config_check.load_config_file(args.config), args.devices)
   except (ValueError, config_check.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -17,7 +17,9 @@ a `ConfigError` too.
 
 import dataclasses
 import importlib
+import importlib.util
 import math
+import os
 from typing import Any, Callable, Collection, Mapping, Optional, Union
 
 import ml_collections
@@ -345,6 +347,22 @@ def _check_placement(flat: Mapping[str, Any]) -> None:
     raise ConfigError(
         f"placement.learner.data * placement.learner.fsdp = {learner_batch} does not divide "
         f"the minibatch ({minibatch} samples); allowed: a product in {_divisors_text(minibatch)}")
+
+
+def load_config_file(argument: str) -> ml_collections.ConfigDict:
+  """The config a `path[:arg]` config file builds (`--config=` of `dvla_jax.main`), unlocked.
+
+  Raises:
+    ValueError: no file at `path` (one line).
+  """
+  path, *arg = argument.split(":", 1)
+  if not os.path.isfile(path):
+    raise ValueError(f"--config={argument}: no such file; allowed: a config file, "
+                     "e.g. configs/gpu8.py")
+  spec = importlib.util.spec_from_file_location("_dvla_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*arg)
 
 
 def _optional_module(name: str):

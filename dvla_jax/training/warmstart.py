@@ -45,7 +45,7 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
   if n == 0:
     raise config_check.ConfigError(
         f"rl.warmstart_steps={config.rl.warmstart_steps}: the scripted expert finished no "
-        f"episode of {config.env.task!r} within an episode of {comp.env.config.episode_length} steps; "
+        f"episode of {config.env.task!r} within {comp.env.config.episode_length} steps; "
         "allowed: a longer episode, or rl.warmstart_steps=0")
   batch_size = min(config.sft.batch_size, n)
   optimizer = builders.make_optimizer(ml_collections.ConfigDict(

@@ -5,8 +5,8 @@ Every process runs this same program. Devices: 3 fake CPU devices per process. T
 mesh is process 0's first two devices; the actor mesh is one device of each process, so
 the weights cross the process boundary by `broadcast_via_collective` and are copied in place
 into the actors' weight double buffer (`memory.WeightBuffer`, whose buffers never move).
-Process 0 runs the learner updates; both processes act with the weights they received. Each process prints one
-JSON line per event for the test to compare.
+Process 0 runs the learner updates; both processes act with the weights they received. Each
+process prints one JSON line per event for the test to compare.
 """
 
 import json
@@ -60,7 +60,7 @@ def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
   flags.FLAGS([sys.argv[0], "--config=configs/demo.py:tiny", f"--workdir={workdir}",
                f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
                f"--process_id={process_id}"])
-  main_lib._init_distributed()  # pylint: disable=protected-access
+  main_lib._init_distributed(main_lib._distributed_settings())  # pylint: disable=protected-access
   _emit(kind="init", process_index=jax.process_index(), process_count=jax.process_count(),
         collectives=jax.config.jax_cpu_collectives_implementation)
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
