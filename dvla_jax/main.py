@@ -264,7 +264,28 @@ def main(argv: Sequence[str]) -> None:
       final = trainer.train(config, _WORKDIR.value)
   except config_check.ConfigError as e:  # A placement the devices present cannot hold.
     _fail(str(e))
+  except BaseException:
+    if distributed is not None:
+      _abandon_run()
+    raise
   logging.info("final metrics: %s", final)
+
+
+def _abandon_run() -> None:
+  """Exits a failed process of a multi-process run at once, status 1.
+
+  A normal exit would wait at `jax.distributed`'s shutdown barrier for peers that may
+  themselves be waiting in a collective for this process: both would hang. Exiting at once
+  ends this process's heartbeats, and the coordination service then stops the others.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  logging.exception("process %d failed; leaving the run (the other processes stop when "
+                    "the coordination service notices)", jax.process_index())
+  std_logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def run() -> None:

@@ -26,12 +26,12 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIB = run_plan.GIB
 _PREALLOCATED = 0.75  # XLA_PYTHON_CLIENT_MEM_FRACTION's default on GPU.
 
-# config file -> (devices of the run, GiB of memory per device).
+# config file -> (devices of the run, GiB of memory per device, processes).
 _ACCELERATOR_CONFIGS = {
-    "configs/gpu1.py": (1, 80),
-    "configs/gpu8.py": (8, 80),
-    "configs/tpu_pod.py": (64, 32),
-    "configs/multihost.py": (32, 80),
+    "configs/gpu1.py": (1, 80, 1),
+    "configs/gpu8.py": (8, 80, 1),
+    "configs/tpu_pod.py": (64, 32, 1),
+    "configs/multihost.py": (32, 80, 4),
 }
 _CPU_CONFIGS = {"configs/demo.py"}  # Run by `make demo` and, tiny, by the trainer tests.
 
@@ -58,16 +58,17 @@ def test_every_config_file_is_checked_here():
 
 @pytest.mark.parametrize("path", sorted(_ACCELERATOR_CONFIGS))
 def test_config_fits_its_devices(path):
-  devices, gib = _ACCELERATOR_CONFIGS[path]
+  devices, gib, processes = _ACCELERATOR_CONFIGS[path]
   module, config = _load(path)
-  plan = run_plan.plan_run(config, devices)
+  plan = run_plan.plan_run(config, devices, processes)
 
   placement = config.placement
   sizes = {"sim": placement.sim.devices}
   for plane in ("actor", "learner"):
     sizes[plane] = math.prod(placement[plane][axis] for axis in ("data", "fsdp", "tensor"))
   if placement.mode == "disaggregated":  # The planes use every device, each once.
-    assert sorted(i for ids in plan.device_ids.values() for i in ids) == list(range(devices))
+    assert sorted(i for ids in plan.device_ids.values() for i in ids) == list(
+        range(devices // processes))  # Each process's devices.
   assert {p: len(ids) for p, ids in plan.device_ids.items()} == sizes
 
   device, peak = plan.peak()
@@ -86,10 +87,10 @@ def test_config_fits_its_devices(path):
 
 @pytest.mark.parametrize("path", sorted(_ACCELERATOR_CONFIGS))
 def test_config_needs_all_its_devices(path):
-  devices, _ = _ACCELERATOR_CONFIGS[path]
+  devices, _, processes = _ACCELERATOR_CONFIGS[path]
   _, config = _load(path)
   with pytest.raises(config_check.ConfigError, match="placement"):
-    run_plan.plan_run(config, devices - 1)
+    run_plan.plan_run(config, devices - processes, processes)
 
 
 def test_plan_tool_reads_a_config(tmp_path):

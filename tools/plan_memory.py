@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                  "config file, e.g. configs/gpu8.py (or configs/gpu8.py:runlocal)")
   p.add_argument("--devices", type=int, default=0,
                  help="with --config: devices of the run, all hosts together")
+  p.add_argument("--processes", type=int, default=1,
+                 help="with --config: processes of the run (jax.distributed); the config's "
+                 "placement is then each process's share of --devices")
   p.add_argument("--mesh", default="", help="learner mesh, e.g. data=4,fsdp=32,tensor=8 "
                  "(missing axes are 1)")
   p.add_argument("--batch", type=int, default=0,
@@ -125,7 +128,8 @@ def _main_config(args) -> int:
       raise ValueError(f"--devices={args.devices}; allowed: >= 1 (required with --config)")
     if args.device_memory_gib <= 0:
       raise ValueError(f"--device_memory_gib={args.device_memory_gib}; allowed: > 0")
-    plan = run_plan.plan_run(config_check.load_config_file(args.config), args.devices)
+    plan = run_plan.plan_run(config_check.load_config_file(args.config), args.devices,
+                              args.processes)
   except (ValueError, config_check.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -134,7 +138,8 @@ def _main_config(args) -> int:
   fits = plan.fits(device_bytes)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"config": args.config, "devices": args.devices, "device_bytes": device_bytes,
+      json.dump({"config": args.config, "devices": args.devices,
+                 "processes": args.processes, "device_bytes": device_bytes,
                  "device_ids": plan.device_ids, "num_params": plan.steps.num_params,
                  "per_device": {str(d): t for d, t in plan.per_device.items()},
                  "peak_device": plan.peak()[0], "peak_bytes": plan.peak()[1], "fits": fits},

@@ -102,7 +102,10 @@ class TabletopEnv(brax_base.Env):
         raise ValueError(f"EnvConfig.cameras: unknown camera {cam!r}; allowed: {', '.join(names)}")
     if len(set(config.cameras)) != len(config.cameras):
       raise ValueError(f"EnvConfig.cameras={config.cameras!r}; allowed: each camera at most once")
-    self.mjx_model = _quiet_solver(mjx.put_model(self.mj_model, impl=config.impl))
+    # On this process's own device: mjx would pick `jax.devices()[0]`, which in a run of
+    # several processes belongs to process 0.
+    self.mjx_model = _quiet_solver(mjx.put_model(self.mj_model, impl=config.impl,
+                                                 device=jax.local_devices()[0]))
     self._home = self.mj_model.key("home")
     self._gripper_body = self.mj_model.body("gripper").id
     self._tcp_site = self.mj_model.site("tcp").id

@@ -13,6 +13,7 @@ from dvla_jax.memory.pools import StaticPool
 from dvla_jax.memory.pools import WeightBuffer
 from dvla_jax.memory.pools import copy_tree
 from dvla_jax.memory.pools import overwrite
+from dvla_jax.memory.pools import overwrite_in_layout
 from dvla_jax.memory.pools import report
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "fmt_bytes",
     "live_device_bytes",
     "overwrite",
+    "overwrite_in_layout",
     "report",
     "strict_donation",
     "tree_bytes",

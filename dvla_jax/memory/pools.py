@@ -41,9 +41,25 @@ def _overwrite(dst: Any, src: Any) -> Any:
       lambda d, s: jax.lax.dynamic_update_slice(d, s.astype(d.dtype), (0,) * d.ndim), dst, src)
 
 
+def _overwrite_in_layout(dst: Any, src: Any, shardings: tuple) -> Any:
+  # The result pinned to `dst`'s shardings: left to itself XLA may lay it out like `src`
+  # (e.g. sharded weights into a replicated buffer), and the donation would then be unusable.
+  out = _overwrite(dst, src)
+  return jax.tree.map(jax.lax.with_sharding_constraint, out,
+                      jax.tree.unflatten(jax.tree.structure(out), shardings))
+
+
 # Donating jits shared by every pool (jit caches one program per shape and sharding).
 write_step = jax.jit(_write_step, donate_argnums=0)
 overwrite = jax.jit(_overwrite, donate_argnums=0)
+_overwrite_in_layout_jit = jax.jit(_overwrite_in_layout, static_argnums=2, donate_argnums=0)
+
+
+def overwrite_in_layout(dst: Any, src: Any) -> Any:
+  """`overwrite`, with the result in `dst`'s own shardings whatever `src`'s are (a copy
+  into a replicated buffer from sharded arrays gathers them)."""
+  shardings = tuple(x.sharding for x in jax.tree.leaves(dst))
+  return _overwrite_in_layout_jit(dst, src, shardings)
 # A fresh copy of every leaf (new buffers, same shardings).
 copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
@@ -171,7 +187,7 @@ class WeightBuffer:
       incoming = 1 - self._held
       buf = self._bufs[incoming]
       self._bufs[incoming] = None  # Donated below: nobody may read the stale reference.
-    buf = jax.block_until_ready(overwrite(buf, params))
+    buf = jax.block_until_ready(overwrite_in_layout(buf, params))
     with self._lock:
       self._bufs[incoming] = buf
       self._versions[incoming] = version

@@ -19,6 +19,7 @@ from dvla_jax.parallel.mesh import PlaneMeshes
 from dvla_jax.parallel.mesh import make_plane_meshes
 from dvla_jax.parallel.mesh import resolve_device_ids
 from dvla_jax.parallel.placement import Placement
+from dvla_jax.parallel.placement import local_replica
 from dvla_jax.parallel.sharding import DEFAULT_RULES
 from dvla_jax.parallel.sharding import MeshDivisionError
 from dvla_jax.parallel.sharding import check_mesh_divides
@@ -62,6 +63,7 @@ __all__ = [
     "logical_to_mesh_sharding",
     "logical_to_pspec",
     "lower_bounds",
+    "local_replica",
     "make_plane_meshes",
     "merge_pieces",
     "parse_mesh",

@@ -10,6 +10,14 @@ Placement modes:
 The sim mesh has one axis, "data"; the actor and learner meshes have the axes
 (data, fsdp, tensor) of the logical sharding rules in `dvla_jax.parallel.sharding`.
 
+Several processes (`jax.distributed`): `placement` describes one process's devices, with ids
+indexing that process's own devices. Every process builds its sim and actor meshes from its
+own devices (each steps its own env groups and acts on them), and the learner mesh joins the
+learner devices of every process along the fsdp axis (fsdp x processes, process by process):
+the train state is sharded across processes, each process's rollouts feed its own learner
+devices, and the weights cross processes when the learner gathers them for the actors
+(`Placement.gather`). All processes must have the same number of devices.
+
 The config validator checks what it can without JAX; what needs the device list (a plane
 asking for devices that do not exist) raises `PlacementError` here, one line naming the field.
 """
@@ -41,12 +49,15 @@ class PlaneMeshes:
     sim: mesh of the env groups, axis "data".
     actor: mesh of policy inference, axes (data, fsdp, tensor).
     learner: mesh of the learner update, axes (data, fsdp, tensor).
+    processes: processes the learner mesh spans (the sim and actor meshes are this
+      process's own).
   """
 
   mode: str
   sim: Mesh
   actor: Mesh
   learner: Mesh
+  processes: int = 1
 
   def plane(self, name: str) -> Mesh:
     """The mesh of plane `name` ("sim", "actor" or "learner")."""
@@ -139,14 +150,18 @@ def make_plane_meshes(placement: Mapping[str, Any],
 
   Args:
     placement: the `placement` config block.
-    devices: the devices to place on (default `jax.devices()`); ids index this list.
+    devices: the devices to place on (default `jax.devices()`); ids index this list. In a
+      run of several processes the default is every process's own devices: ids index the
+      process's devices, and the learner mesh spans all processes (see the module doc).
 
   Returns:
     The three meshes.
 
   Raises:
-    PlacementError: as `resolve_device_ids`.
+    PlacementError: as `resolve_device_ids`, or processes with unequal device counts.
   """
+  if devices is None and jax.process_count() > 1:
+    return _multiprocess_meshes(placement)
   devices = list(jax.devices() if devices is None else devices)
   ids = resolve_device_ids(placement, len(devices))
 
@@ -156,3 +171,25 @@ def make_plane_meshes(placement: Mapping[str, Any],
 
   return PlaneMeshes(mode=placement["mode"], sim=mesh("sim", SIM_AXES),
                      actor=mesh("actor", MODEL_AXES), learner=mesh("learner", MODEL_AXES))
+
+
+def _multiprocess_meshes(placement: Mapping[str, Any]) -> PlaneMeshes:
+  count = jax.process_count()
+  per_process = [sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+                 for p in range(count)]
+  sizes = sorted({len(devs) for devs in per_process})
+  if len(sizes) > 1:
+    raise PlacementError(f"processes hold {' or '.join(map(str, sizes))} devices; allowed: "
+                         "the same number in every process")
+  ids = resolve_device_ids(placement, sizes[0])
+  own = per_process[jax.process_index()]
+
+  def grid(devs, plane):
+    return np.array([devs[i] for i in ids[plane]], dtype=object).reshape(
+        plane_shape(placement, plane))
+
+  # Process by process along fsdp: each process's learner devices are one block of the axis.
+  learner = np.concatenate([grid(devs, "learner") for devs in per_process], axis=1)
+  return PlaneMeshes(mode=placement["mode"], sim=Mesh(grid(own, "sim"), SIM_AXES),
+                     actor=Mesh(grid(own, "actor"), MODEL_AXES),
+                     learner=Mesh(learner, MODEL_AXES), processes=count)

@@ -9,11 +9,24 @@
 
 Within one process `jax.device_put` to the target sharding is the transfer between planes;
 when source and target sharding coincide (colocated on one device) it is free.
+
+When the learner mesh spans several processes (`PlaneMeshes.processes` > 1), each process's
+sim and actor planes are its own devices, and JAX cannot `device_put` between an array that
+spans processes and one that does not. The transfers are then same-layout ones:
+  * a batch onto the learner is each process's own rows (`put_batch`): the global batch is
+    every process's rows, process by process, each on that process's learner devices;
+  * weights onto the actors come from a copy that the learner gathered onto each of its
+    devices first (`gather`, a collective over the learner mesh): every process
+    copies its own replica onto its actor devices (`put_state`, `local_replica`).
+The gathers are collectives: every process must issue them in the same order, so only the
+gradient lane (and the main thread before and after the lanes) issues them.
 """
 
+import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
@@ -38,6 +51,11 @@ class Placement:
 
   def mesh(self, plane: str) -> Mesh:
     return self.meshes.plane(plane)
+
+  @property
+  def spans_processes(self) -> bool:
+    """Whether the learner mesh spans several processes."""
+    return self.meshes.processes > 1
 
   # -- Model state -------------------------------------------------------------------------
 
@@ -64,8 +82,25 @@ class Placement:
     return jax.tree.map(leaf, abstract_tree, is_leaf=_is_variable)
 
   def put_state(self, tree: Any, plane: str) -> Any:
-    """Copies model state onto `plane` in its logical sharding (a no-op where it already is)."""
+    """Copies model state onto `plane` in its logical sharding (a no-op where it already is).
+
+    Onto this process's own planes (sim, actor) from arrays that span processes: those must
+    be replicated (see `gather`), and this process's replica is copied.
+    """
+    if plane != "learner":
+      tree = local_replica(tree)
     return jax.device_put(tree, self.state_shardings(tree, plane))
+
+  def gather(self, tree: Any) -> Any:
+    """Learner state as a fresh copy replicated over the learner mesh, when that mesh spans
+    processes (a collective: every process calls it at the same point); otherwise `tree`.
+
+    The learner's params snapshot is gathered so: every process then holds a whole replica
+    next to its actors (`put_state`, `local_replica`).
+    """
+    if not self.spans_processes:
+      return tree
+    return _copy_to(tree, NamedSharding(self.mesh("learner"), PartitionSpec()))
 
   # -- Batches -----------------------------------------------------------------------------
 
@@ -87,11 +122,22 @@ class Placement:
       batch_axis: the env axis (0 for one step, 1 for time-major rollouts).
 
     Returns:
-      The tree on the plane's mesh.
+      The tree on the plane's mesh. Onto a learner mesh that spans processes, `tree` is this
+      process's rows: the result has every process's rows along `batch_axis`, process by
+      process (scalars and arrays without that axis must be equal in every process).
     """
+    if plane == "learner" and self.spans_processes:
+      return jax.tree.map(lambda x: self._join_rows(x, batch_axis), tree)
     shardings = jax.tree.map(
         lambda x: self.batch_sharding(plane, tuple(x.shape), batch_axis), tree)
     return jax.device_put(tree, shardings)
+
+  def _join_rows(self, x, batch_axis: int) -> jax.Array:
+    shape = list(x.shape)
+    if len(shape) > batch_axis:
+      shape[batch_axis] *= self.meshes.processes
+    sharding = self.batch_sharding("learner", tuple(shape), batch_axis)
+    return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
 
   # -- Env groups --------------------------------------------------------------------------
 
@@ -103,3 +149,24 @@ class Placement:
   def put_sim(self, tree: Any, group: int) -> Any:
     """Copies `tree` onto the sim device of env group `group`."""
     return jax.device_put(tree, SingleDeviceSharding(self.sim_device(group)))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _copy_to(tree: Any, sharding: NamedSharding) -> Any:
+  """A fresh copy of every leaf in `sharding` (never the input's own buffers)."""
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(jnp.copy(x), sharding), tree)
+
+
+def local_replica(tree: Any) -> Any:
+  """This process's copy of every array that spans processes (which must be replicated);
+  arrays of this process alone are returned as they are."""
+
+  def leaf(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    if not x.sharding.is_fully_replicated:
+      raise ValueError(f"an array of shape {x.shape} is sharded across processes "
+                       f"({x.sharding}); only a replicated one can be copied within a process")
+    return x.addressable_shards[0].data
+
+  return jax.tree.map(leaf, tree)

@@ -148,16 +148,20 @@ class Stages:
     """The learner's params snapshot and the actors' weights, both double buffers.
 
     The snapshot (learner mesh) is what the distribution lane reads while the next update
-    donates the train state; the actors' buffer (actor mesh) is what inference acts with
+    donates the train state (replicated over the learner mesh when it spans processes, so
+    that publishing gathers the weights and distributing stays within each process); the actors' buffer (actor mesh) is what inference acts with
     while the next version is copied in.
 
     Returns:
       (learner snapshot, actor weights), both holding `state.params` as `version`.
     """
-    snapshot = memory.WeightBuffer(self.comp.copy_params(state.params), version)
+    if self.placement.spans_processes:  # Gathered: every process holds a whole replica.
+      params = self.placement.gather(state.params)
+    else:
+      params = self.comp.copy_params(state.params)
     # A copy even where the planes share devices: the actors' buffers are donated on their own.
-    actor = self.comp.copy_params(self.distribute(state.params))
-    return snapshot, memory.WeightBuffer(actor, version)
+    actor = self.comp.copy_params(self.distribute(params))
+    return memory.WeightBuffer(params, version), memory.WeightBuffer(actor, version)
 
   def record(self, slot: Slot, t: int, obs, out: steps.ActOutput, version: int,
              result: steps.EnvStep) -> Slot:
@@ -187,7 +191,9 @@ class Stages:
   def publish(self, snapshot: memory.WeightBuffer, version: int,
               state: steps.TrainState) -> None:
     """Copies the learner params into the snapshot buffer in place, as `version` (waits for
-    the copy: the next update donates `state`)."""
+    the copy: the next update donates `state`). Across processes this is a gather, which is
+    why the gradient lane, not the distribution lane, does it: every process's collectives
+    then come from one lane, in the same order."""
     snapshot.stage(version, state.params)
 
   def distribute(self, params):

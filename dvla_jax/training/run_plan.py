@@ -103,12 +103,16 @@ def _mesh_shape(placement, plane: str) -> dict[str, int]:
   return {axis: int(placement[plane][axis]) for axis in memory_plan.MESH_AXES}
 
 
-def plan_run(config, num_devices: int) -> RunPlan:
+def plan_run(config, num_devices: int, processes: int = 1) -> RunPlan:
   """Checks `config` for `num_devices` devices and plans its memory per device.
 
   Args:
     config: a run config (as a config file's `get_config` returns it).
     num_devices: devices of the run, all processes together.
+    processes: processes of the run (`jax.distributed`). With several, `placement` is each
+      process's share of `num_devices / processes` devices and the learner mesh joins them
+      along fsdp (`dvla_jax.parallel.mesh`); the plan is one process's, device ids are that
+      process's, and the learner's weight snapshot is a whole replica per learner device.
 
   Returns:
     The plan.
@@ -121,12 +125,17 @@ def plan_run(config, num_devices: int) -> RunPlan:
   config_check.validate(config, known_tasks=config_check.registered_tasks,
                         known_presets=config_check.model_presets)
   placement = config.placement
+  if processes < 1 or num_devices % processes:
+    raise config_check.ConfigError(
+        f"{num_devices} devices over {processes} processes; allowed: the same number of "
+        "devices in every process")
+  shapes = {plane: _mesh_shape(placement, plane) for plane in ("actor", "learner")}
+  shapes["learner"]["fsdp"] *= processes  # Every process's learner devices, along fsdp.
   try:
-    ids = parallel.resolve_device_ids(placement, num_devices)
+    ids = parallel.resolve_device_ids(placement, num_devices // processes)
     preset = models.get_preset(config.model.preset)
     for plane in ("actor", "learner"):
-      parallel.check_mesh_divides(preset, _mesh_shape(placement, plane),
-                                  where=f"placement.{plane}")
+      parallel.check_mesh_divides(preset, shapes[plane], where=f"placement.{plane}")
   except (parallel.PlacementError, parallel.MeshDivisionError) as e:
     raise config_check.ConfigError(str(e)) from None
 
@@ -140,9 +149,9 @@ def plan_run(config, num_devices: int) -> RunPlan:
 
   groups = config.swimlanes.env_groups
   per_group = config.env.num_envs // groups
-  minibatch = per_group * config.rl.rollout_length // config.rl.num_minibatches
-  learner_shape = _mesh_shape(placement, "learner")
-  actor_shape = _mesh_shape(placement, "actor")
+  # An update learns from one slot of every process.
+  minibatch = processes * per_group * config.rl.rollout_length // config.rl.num_minibatches
+  learner_shape, actor_shape = shapes["learner"], shapes["actor"]
   plan = memory_plan.plan_memory(mcfg, learner_shape, batch=minibatch,
                                  actor_mesh_shape=actor_shape, actor_batch=per_group)
 
@@ -159,11 +168,18 @@ def plan_run(config, num_devices: int) -> RunPlan:
     terms = per_device.setdefault(device, {})
     terms[name] = terms.get(name, 0) + size
 
+  # The learner reads one slot per process, split over all its devices.
   learner_split = learner_shape["data"] * learner_shape["fsdp"]
+  snapshot = 0
+  if processes > 1:  # Gathered whole onto every learner device (`Placement.gather`).
+    whole = {axis: 1 for axis in memory_plan.MESH_AXES}
+    snapshot = memory_plan.plan_memory(mcfg, whole).learner.terms["parameters"]
   for device in ids["learner"]:
     for name, size in plan.learner.terms.items():
       add(device, f"learner {name}", size)
-    add(device, "learner rollout slot", math.ceil(slot_bytes / learner_split))
+    add(device, "learner rollout slot", math.ceil(processes * slot_bytes / learner_split))
+    if snapshot:
+      add(device, "learner weight snapshot", snapshot)
   actor_split = actor_shape["data"] * actor_shape["fsdp"]
   for device in ids["actor"]:
     for name, size in plan.actor.terms.items():

@@ -3,7 +3,8 @@
 Library code reports through `progress_fn(step, metrics)`; `main` passes a writer that sends
 them to TensorBoard, `metrics.jsonl` and the console.
 
-An iteration is one learner update on one rollout slot (T steps of one env group). The
+An iteration is one learner update on one rollout slot (T steps of one env group; in a run
+of several processes, one slot from each process, learnt as one batch). The
 pipeline (`config.pipeline`, sync or async) calls back after every update; the callback
 counts skipped (non-finite) updates, logs, evaluates and checkpoints. How a run ends:
   * all iterations done: final checkpoint and evaluation;
@@ -162,7 +163,10 @@ class _Run:
           params=sft.restore_policy_params(config.rl.init_from, train_state.params))
     start = int(train_state.step)
     total = config.train.iterations
-    self.steps_per_iter = config.rl.rollout_length * comp.envs_per_group
+    # Every process steps its own env groups; an update learns from one slot of each.
+    self.steps_per_iter = (config.rl.rollout_length * comp.envs_per_group *
+                           placement.meshes.processes)
+    self.placement = placement
 
     is_async = config.pipeline == "async"
     # Evaluation acts on one device of its own env group (a separate instance when the
@@ -245,6 +249,9 @@ class _Run:
     self.window = (now, 0)
 
   def _evaluate(self, iteration: int, params) -> dict:
+    # Across processes: gathered on the learner (every process, at the same iteration),
+    # then this process's replica.
+    params = parallel.local_replica(self.placement.gather(params))
     params = jax.device_put(params, self.eval_device)
     result = evaluation.evaluate(self.eval_comp, params, self.eval_rng,
                                  self.config.train.eval_episodes)

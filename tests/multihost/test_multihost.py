@@ -1,9 +1,13 @@
-"""Two processes on localhost (jax.distributed, gloo): weights cross processes into the actors'
-in-place weight double buffer, orbax round trip.
+"""Two processes on localhost (jax.distributed, gloo).
 
-Each process runs `_worker.py` (the same program) with 3 fake CPU devices; the learner plane
-is on process 0 and the actor plane has one device in each process. Every child is killed
-with SIGKILL if the pair has not finished within the timeout.
+* `_worker.py`: weights cross processes into the actors' in-place weight double buffer, orbax
+  round trip (the learner plane on process 0, the actor plane on one device of each).
+* `_train_worker.py`: the real entry point trains with the async pipeline across both
+  processes (each simulates and acts on its own devices, the learner mesh spans both),
+  resumes from its checkpoint, and a process whose lane fails takes the other down with it.
+
+Each process has 3 fake CPU devices. Every child is killed with SIGKILL if the pair has not
+finished within the timeout.
 """
 
 import json
@@ -17,6 +21,8 @@ import pytest
 
 _TIMEOUT_S = 120
 _WORKER = os.path.join(os.path.dirname(__file__), "_worker.py")
+_TRAIN_WORKER = os.path.join(os.path.dirname(__file__), "_train_worker.py")
+_TRAIN_TIMEOUT_S = 420
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -31,7 +37,13 @@ def _events(path: str) -> list[dict]:
     return [json.loads(line[len("EVENT "):]) for line in f if line.startswith("EVENT ")]
 
 
-def _run_pair(workdir: str, logs: list[str]) -> list[int]:
+def _run_pair(workdir: str, logs: list[str], worker: str = _WORKER, args: tuple = (),
+              timeout_s: float = _TIMEOUT_S) -> list[int]:
+  """Runs `worker PROCESS_ID COUNT PORT WORKDIR *args` once per log; returns exit codes.
+
+  Raises:
+    subprocess.TimeoutExpired: the processes were not done within `timeout_s` (all killed).
+  """
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
@@ -41,9 +53,10 @@ def _run_pair(workdir: str, logs: list[str]) -> list[int]:
     for pid, log in enumerate(logs):
       with open(log, "w", encoding="utf-8") as out:
         procs.append(subprocess.Popen(
-            [sys.executable, _WORKER, str(pid), str(len(logs)), str(port), workdir],
+            [sys.executable, worker, str(pid), str(len(logs)), str(port), workdir,
+             *map(str, args)],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=_ROOT))
-    deadline = time.monotonic() + _TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     codes = []
     for proc in procs:
       codes.append(proc.wait(timeout=max(deadline - time.monotonic(), 1.0)))
@@ -116,3 +129,77 @@ def test_main_rejects_bad_distributed_flags(tmp_path, args, message):
   assert result.returncode == 2, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(f"config error: {message}"), (
       result.stderr[-2000:])
+
+
+def _train_pair(tmp_path, name: str, workdir: str, *args) -> tuple[list[int], list[list[dict]]]:
+  logs = [str(tmp_path / f"{name}{i}.log") for i in range(2)]
+  start = time.monotonic()
+  try:
+    codes = _run_pair(workdir, logs, _TRAIN_WORKER, args, timeout_s=_TRAIN_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"{name}: the 2-process run hung (> {_TRAIN_TIMEOUT_S}s); logs in {tmp_path}")
+  print(f"{name}: {time.monotonic() - start:.0f}s")
+  return codes, [_events(log) for log in logs]
+
+
+def _check_versions(events: list[list[dict]], start: int, stop: int, acted_new: bool) -> None:
+  """Both processes' learners published versions start+1 .. stop with the same (sharded)
+  params, and each process's actors received every one of them exactly, and acted with
+  versions that only grow and never run ahead of what they received (`acted_new`: and
+  reached a version newer than `start`)."""
+  learners = [[e for e in ev if e["kind"] == "learner"] for ev in events]
+  expected = list(range(start + 1, stop + 1))
+  assert [e["version"] for e in learners[0]] == expected
+  assert learners[0] == learners[1]  # One learner, sharded over both processes.
+  assert all(e["sharded"] for e in learners[0])
+  checksum = {e["version"]: e["checksum"] for e in learners[0]}
+  assert len(set(checksum.values())) == len(expected)  # The weights really change.
+  actor_devices = []
+  for ev in events:
+    (first,) = [e for e in ev if e["kind"] == "start"]
+    assert first["version"] == start and first["processes"] == 2
+    received, acted = start, []
+    for e in ev:
+      if e["kind"] == "actor":
+        assert e["version"] == received + 1, "a version skipped or repeated"
+        assert e["checksum"] == pytest.approx(checksum[e["version"]], rel=1e-6)
+        received = e["version"]
+        actor_devices.append(tuple(e["devices"]))
+      elif e["kind"] == "step":
+        assert e["version"] <= received
+        acted.append(e["version"])
+    assert received == stop
+    assert acted == sorted(acted), acted
+    # While the first update compiles, inference fills every slot with the starting weights;
+    # after two more updates it has acted with the learner's new ones.
+    assert acted[-1] > start or not acted_new, acted
+  assert len(set(actor_devices)) == 2  # Each process acts on its own device.
+
+
+def test_async_pipeline_trains_across_two_processes(tmp_path):
+  workdir = str(tmp_path / "run")
+  codes, events = _train_pair(tmp_path, "train", workdir, 3)
+  assert codes == [0, 0], f"logs in {tmp_path}"
+  _check_versions(events, 0, 3, acted_new=True)
+  starts = [next(e for e in ev if e["kind"] == "start") for ev in events]
+  assert starts[0]["checksum"] == pytest.approx(starts[1]["checksum"], rel=1e-6)
+  v3 = next(e["checksum"] for e in events[0] if e["kind"] == "learner" and e["version"] == 3)
+  # Only process 0 writes logs: one line per iteration and per evaluation.
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    lines = [json.loads(line) for line in f]
+  assert [line["step"] for line in lines] == [0, 1, 2, 3, 3]
+  assert all(line["sim/env_steps"] == 32 * line["step"] for line in lines)  # 2 x 4 x 4.
+
+  # Resume from iteration 3 to 6; process 1's gradient lane fails after two updates (4, 5).
+  codes, events = _train_pair(tmp_path, "resume", workdir, 6, "gradient")
+  assert codes == [1, 1], f"logs in {tmp_path}"
+  for ev in events:
+    (first,) = [e for e in ev if e["kind"] == "start"]
+    assert first["checksum"] == pytest.approx(v3, rel=1e-6)  # The saved weights came back.
+  _check_versions(events, 3, 5, acted_new=False)
+  with open(str(tmp_path / "resume1.log"), encoding="utf-8") as f:
+    assert "fault injected into the gradient lane" in f.read()
+  with open(str(tmp_path / "resume0.log"), encoding="utf-8") as f:
+    assert "process 0 failed; leaving the run" in f.read()  # Taken down by its peer.
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert steps[-1] == 5  # The last good update's checkpoint.

@@ -130,6 +130,17 @@ _EIGHT_DEVICES = textwrap.dedent("""
     a = actor["text_embed"][...]
     assert {d.id for d in a.devices()} == {2, 3} and a.sharding.is_fully_replicated
     np.testing.assert_array_equal(np.asarray(a), np.asarray(embed))
+    # A copy of sharded weights into a replicated buffer lands in that buffer, replicated.
+    from dvla_jax import memory
+    from jax.sharding import NamedSharding, PartitionSpec
+    rep = jax.device_put(embed * 0, NamedSharding(placement.mesh("learner"), PartitionSpec()))
+    pointers = [s.data.unsafe_buffer_pointer() for s in rep.addressable_shards]
+    with memory.strict_donation():
+      out = memory.overwrite_in_layout(rep, embed)
+    assert out.sharding.is_fully_replicated
+    assert [s.data.unsafe_buffer_pointer() for s in out.addressable_shards] == pointers
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(embed))
+    assert placement.gather(embed) is embed  # One process: nothing to gather.
     obs = placement.put_batch({"x": np.zeros((8, 3), np.float32)}, "actor", batch_axis=0)
     assert obs["x"].addressable_shards[0].data.shape == (4, 3)
     slot = placement.put_batch(np.zeros((5, 8)), "learner", batch_axis=1)
