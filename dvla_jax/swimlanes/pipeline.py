@@ -25,6 +25,12 @@ a consistent cut for a census of live device memory.
 
 Every lane waits only on channels and pools with timeouts that watch the shared stop event:
 an error in any lane stops all four (`lanes.Supervisor`).
+
+Across processes (the learner mesh spans them, `Placement.spans_processes`) the gradient lane
+issues every collective that crosses processes (updates, the weight gather in `publish`, the
+evaluation and checkpoint callbacks, and before each update the agreement to stop), so every
+process issues them in the same order; the other lanes work on their own process's devices.
+A stop (SIGTERM) in any process stops all of them after the same update.
 """
 
 import contextlib
@@ -314,7 +320,17 @@ class AsyncPipeline:
     done = 0
     while self.iteration < total:
       with tr.wait("gradient", "wait slot"):
-        slot, _ = full.get()
+        try:
+          item = full.get()
+        except Stopped:
+          if not self.placement.spans_processes:
+            raise
+          item = None  # Stop only with the other processes, after the same update.
+      if st.agree_to_stop(item is None):
+        if item is not None:
+          pool.release(item[0])
+        break
+      slot, item = item[0], None
       it = self.iteration + 1
       with tr.span("gradient", f"update {it}"):
         state, metrics = st.learn(self.state, slot, it)

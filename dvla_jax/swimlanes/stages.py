@@ -23,11 +23,15 @@ from typing import Any, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dvla_jax import memory
+from dvla_jax import parallel
 from dvla_jax.parallel import Placement
 from dvla_jax.training import steps
 from dvla_jax.training.builders import Components
+
+_any = jax.jit(jnp.max)
 
 # Independent random streams per stage, folded into the run's training key.
 _RESET, _ROLLOUT, _ACT, _LEARN = range(4)
@@ -149,8 +153,9 @@ class Stages:
 
     The snapshot (learner mesh) is what the distribution lane reads while the next update
     donates the train state (replicated over the learner mesh when it spans processes, so
-    that publishing gathers the weights and distributing stays within each process); the actors' buffer (actor mesh) is what inference acts with
-    while the next version is copied in.
+    that publishing gathers the weights and distributing stays within each process); the
+    actors' buffer (actor mesh) is what inference acts with while the next version is copied
+    in.
 
     Returns:
       (learner snapshot, actor weights), both holding `state.params` as `version`.
@@ -195,6 +200,19 @@ class Stages:
     why the gradient lane, not the distribution lane, does it: every process's collectives
     then come from one lane, in the same order."""
     snapshot.stage(version, state.params)
+
+  def agree_to_stop(self, stop: bool) -> bool:
+    """Whether any process of the run wants to stop; `stop` itself within one process.
+
+    Across processes every process's flag is reduced over the learner mesh (a collective:
+    the gradient lane calls it before every update, so all processes stop after the same
+    one and their checkpoints agree).
+    """
+    if not self.placement.spans_processes:
+      return stop
+    local = len(self.placement.mesh("learner").local_devices)
+    flags = self.placement.put_batch(np.full((local,), int(stop), np.int32), "learner")
+    return bool(np.asarray(parallel.local_replica(_any(flags))))
 
   def distribute(self, params):
     """Learner params onto the actor mesh in the actor's sharding (a new copy unless the

@@ -79,7 +79,7 @@ class SyncPipeline:
         self._ready(self.sampler.reset(g, round_=start))
     counts = {"sampling": 0, "inference": 0, "gradient": 0, "distribution": 1}
     for it in range(start, total):
-      if stop.is_set():
+      if st.agree_to_stop(stop.is_set()):  # Across processes: all stop at the same iteration.
         break
       g = it % num_groups
       version = it

@@ -4,7 +4,8 @@
   round trip (the learner plane on process 0, the actor plane on one device of each).
 * `_train_worker.py`: the real entry point trains with the async pipeline across both
   processes (each simulates and acts on its own devices, the learner mesh spans both),
-  resumes from its checkpoint, and a process whose lane fails takes the other down with it.
+  resumes from its checkpoint, stops both processes at the same update when one gets SIGTERM,
+  and a process whose lane fails takes the other down with it.
 
 Each process has 3 fake CPU devices. Every child is killed with SIGKILL if the pair has not
 finished within the timeout.
@@ -12,10 +13,13 @@ finished within the timeout.
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import pytest
 
@@ -38,8 +42,11 @@ def _events(path: str) -> list[dict]:
 
 
 def _run_pair(workdir: str, logs: list[str], worker: str = _WORKER, args: tuple = (),
-              timeout_s: float = _TIMEOUT_S) -> list[int]:
+              timeout_s: float = _TIMEOUT_S,
+              sigterm: Optional[tuple[int, str]] = None) -> list[int]:
   """Runs `worker PROCESS_ID COUNT PORT WORKDIR *args` once per log; returns exit codes.
+
+  `sigterm=(i, text)`: sends SIGTERM to process i once its log contains `text`.
 
   Raises:
     subprocess.TimeoutExpired: the processes were not done within `timeout_s` (all killed).
@@ -57,6 +64,14 @@ def _run_pair(workdir: str, logs: list[str], worker: str = _WORKER, args: tuple 
              *map(str, args)],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=_ROOT))
     deadline = time.monotonic() + timeout_s
+    while sigterm is not None and procs[sigterm[0]].poll() is None:
+      with open(logs[sigterm[0]], encoding="utf-8") as f:
+        if sigterm[1] in f.read():
+          procs[sigterm[0]].send_signal(signal.SIGTERM)
+          break
+      if time.monotonic() > deadline:
+        raise subprocess.TimeoutExpired(worker, timeout_s)
+      time.sleep(0.2)
     codes = []
     for proc in procs:
       codes.append(proc.wait(timeout=max(deadline - time.monotonic(), 1.0)))
@@ -131,22 +146,26 @@ def test_main_rejects_bad_distributed_flags(tmp_path, args, message):
       result.stderr[-2000:])
 
 
-def _train_pair(tmp_path, name: str, workdir: str, *args) -> tuple[list[int], list[list[dict]]]:
+def _train_pair(tmp_path, name: str, workdir: str, *args,
+                sigterm=None) -> tuple[list[int], list[list[dict]]]:
   logs = [str(tmp_path / f"{name}{i}.log") for i in range(2)]
   start = time.monotonic()
   try:
-    codes = _run_pair(workdir, logs, _TRAIN_WORKER, args, timeout_s=_TRAIN_TIMEOUT_S)
+    codes = _run_pair(workdir, logs, _TRAIN_WORKER, args, timeout_s=_TRAIN_TIMEOUT_S,
+                      sigterm=sigterm)
   except subprocess.TimeoutExpired:
     pytest.fail(f"{name}: the 2-process run hung (> {_TRAIN_TIMEOUT_S}s); logs in {tmp_path}")
   print(f"{name}: {time.monotonic() - start:.0f}s")
   return codes, [_events(log) for log in logs]
 
 
-def _check_versions(events: list[list[dict]], start: int, stop: int, acted_new: bool) -> None:
+def _check_versions(events: list[list[dict]], start: int, stop: int, acted_new: bool,
+                    last_sent: bool = True) -> dict[int, float]:
   """Both processes' learners published versions start+1 .. stop with the same (sharded)
-  params, and each process's actors received every one of them exactly, and acted with
-  versions that only grow and never run ahead of what they received (`acted_new`: and
-  reached a version newer than `start`)."""
+  params, and each process's actors received them in order with exactly those weights (the
+  last one too unless `last_sent` is False: a stop may come before it is sent), and acted
+  with versions that only grow and never run ahead of what they received (`acted_new`: and
+  reached a version newer than `start`). Returns version -> checksum."""
   learners = [[e for e in ev if e["kind"] == "learner"] for ev in events]
   expected = list(range(start + 1, stop + 1))
   assert [e["version"] for e in learners[0]] == expected
@@ -168,38 +187,55 @@ def _check_versions(events: list[list[dict]], start: int, stop: int, acted_new: 
       elif e["kind"] == "step":
         assert e["version"] <= received
         acted.append(e["version"])
-    assert received == stop
+    assert received == stop or (not last_sent and received == stop - 1)
     assert acted == sorted(acted), acted
     # While the first update compiles, inference fills every slot with the starting weights;
     # after two more updates it has acted with the learner's new ones.
     assert acted[-1] > start or not acted_new, acted
   assert len(set(actor_devices)) == 2  # Each process acts on its own device.
+  return checksum
+
+
+def _start_checksum(events: list[list[dict]]) -> list[float]:
+  return [next(e["checksum"] for e in ev if e["kind"] == "start") for ev in events]
 
 
 def test_async_pipeline_trains_across_two_processes(tmp_path):
   workdir = str(tmp_path / "run")
   codes, events = _train_pair(tmp_path, "train", workdir, 3)
   assert codes == [0, 0], f"logs in {tmp_path}"
-  _check_versions(events, 0, 3, acted_new=True)
-  starts = [next(e for e in ev if e["kind"] == "start") for ev in events]
-  assert starts[0]["checksum"] == pytest.approx(starts[1]["checksum"], rel=1e-6)
-  v3 = next(e["checksum"] for e in events[0] if e["kind"] == "learner" and e["version"] == 3)
+  checksum = _check_versions(events, 0, 3, acted_new=True)
+  first = _start_checksum(events)
+  assert first[0] == pytest.approx(first[1], rel=1e-6)
   # Only process 0 writes logs: one line per iteration and per evaluation.
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     lines = [json.loads(line) for line in f]
   assert [line["step"] for line in lines] == [0, 1, 2, 3, 3]
   assert all(line["sim/env_steps"] == 32 * line["step"] for line in lines)  # 2 x 4 x 4.
 
-  # Resume from iteration 3 to 6; process 1's gradient lane fails after two updates (4, 5).
-  codes, events = _train_pair(tmp_path, "resume", workdir, 6, "gradient")
+  # Resume towards 12; SIGTERM to process 0 alone once it has logged iteration 5: both
+  # processes stop after the same update, checkpoint it together and exit 0.
+  codes, events = _train_pair(tmp_path, "preempt", workdir, 12,
+                              sigterm=(0, "iteration 5/12"))
+  assert codes == [0, 0], f"logs in {tmp_path}"
+  assert all(c == pytest.approx(checksum[3], rel=1e-6) for c in _start_checksum(events))
+  stopped = []
+  for i in range(2):
+    with open(str(tmp_path / f"preempt{i}.log"), encoding="utf-8") as f:
+      stopped += [int(m) for m in re.findall(r"stopped at iteration (\d+) of 12", f.read())]
+  assert len(stopped) == 2 and stopped[0] == stopped[1] and 5 <= stopped[0] < 12, stopped
+  k = stopped[0]
+  checksum = _check_versions(events, 3, k, acted_new=False, last_sent=False)
+  assert max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == k
+
+  # Resume from k; process 1's gradient lane fails after two updates: both exit 1 at once
+  # (process 0 fails at its next collective with process 1), keeping checkpoint k + 2.
+  codes, events = _train_pair(tmp_path, "fault", workdir, k + 4, "gradient")
   assert codes == [1, 1], f"logs in {tmp_path}"
-  for ev in events:
-    (first,) = [e for e in ev if e["kind"] == "start"]
-    assert first["checksum"] == pytest.approx(v3, rel=1e-6)  # The saved weights came back.
-  _check_versions(events, 3, 5, acted_new=False)
-  with open(str(tmp_path / "resume1.log"), encoding="utf-8") as f:
+  assert all(c == pytest.approx(checksum[k], rel=1e-6) for c in _start_checksum(events))
+  _check_versions(events, k, k + 2, acted_new=False)
+  with open(str(tmp_path / "fault1.log"), encoding="utf-8") as f:
     assert "fault injected into the gradient lane" in f.read()
-  with open(str(tmp_path / "resume0.log"), encoding="utf-8") as f:
+  with open(str(tmp_path / "fault0.log"), encoding="utf-8") as f:
     assert "process 0 failed; leaving the run" in f.read()  # Taken down by its peer.
-  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")))
-  assert steps[-1] == 5  # The last good update's checkpoint.
+  assert max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == k + 2
