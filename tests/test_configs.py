@@ -93,6 +93,17 @@ def test_config_needs_all_its_devices(path):
     run_plan.plan_run(config, devices - processes, processes)
 
 
+def test_multiprocess_plan_needs_equal_devices_per_process():
+  _, config = _load("configs/multihost.py")
+  with pytest.raises(config_check.ConfigError, match="30 devices over 4 processes"):
+    run_plan.plan_run(config, 30, 4)
+  one = run_plan.plan_run(config, 32, 4)
+  # Per process: the learner's fsdp 4 joined over 4 processes shards the state 16 ways, and
+  # the gathered weight snapshot is a whole replica on each learner device.
+  terms = one.per_device[one.device_ids["learner"][0]]
+  assert terms["learner weight snapshot"] > 15 * terms["learner parameters"]
+
+
 def test_plan_tool_reads_a_config(tmp_path):
   out = tmp_path / "plan.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")

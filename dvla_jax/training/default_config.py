@@ -12,7 +12,8 @@ Fields:
     same compiled functions.
 
   env.task: a task name from the registry (`python -m dvla_jax.envs --list`).
-  env.num_envs: parallel environments in total (N), split evenly over the env groups.
+  env.num_envs: parallel environments in total (N), split evenly over the env groups; in a
+    run of several processes, each process's (an update learns from every process's slot).
   env.episode_length: policy steps per episode (each step executes one action chunk); 0 takes
     the task's default (touch_cube 16, suite tasks 24-64: `python -m dvla_jax.envs --list`).
   env.image_size: square camera resolution in pixels (32..128).
@@ -75,6 +76,9 @@ Fields:
   placement.actor.device_ids: explicit device ids ("" = automatic).
   placement.learner.{data,fsdp,tensor}, placement.learner.device_ids: the same for the
     learner mesh.
+  In a run of several processes (jax.distributed) the placement is one process's share: ids
+  index that process's devices, the sim and actor meshes are its own, and the learner mesh
+  joins every process's learner devices along fsdp (fsdp x processes).
 
   swimlanes.env_groups: env groups (separate env instances of num_envs / env_groups worlds);
     async needs >= 2 so that one group simulates while another is in inference.
