@@ -212,6 +212,7 @@ def test_async_pipeline_trains_across_two_processes(tmp_path):
     lines = [json.loads(line) for line in f]
   assert [line["step"] for line in lines] == [0, 1, 2, 3, 3]
   assert all(line["sim/env_steps"] == 32 * line["step"] for line in lines)  # 2 x 4 x 4.
+  assert len(os.listdir(os.path.join(workdir, "tb"))) == 1  # One TensorBoard event file.
 
   # Resume towards 12; SIGTERM to process 0 alone once it has logged iteration 5: both
   # processes stop after the same update, checkpoint it together and exit 0.
