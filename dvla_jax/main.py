@@ -276,12 +276,13 @@ def _abandon_run() -> None:
 
   A normal exit would wait at `jax.distributed`'s shutdown barrier for peers that may
   themselves be waiting in a collective for this process: both would hang. Exiting at once
-  ends this process's heartbeats, and the coordination service then stops the others.
+  closes this process's connections: a peer fails at its next collective with it (or, at
+  the latest, when the coordination service misses this process's heartbeats).
   """
   import jax  # pylint: disable=g-import-not-at-top
 
-  logging.exception("process %d failed; leaving the run (the other processes stop when "
-                    "the coordination service notices)", jax.process_index())
+  logging.exception("process %d failed; leaving the run (the other processes fail at their "
+                    "next collective with this one)", jax.process_index())
   std_logging.shutdown()
   sys.stdout.flush()
   sys.stderr.flush()

@@ -60,6 +60,8 @@ def overwrite_in_layout(dst: Any, src: Any) -> Any:
   into a replicated buffer from sharded arrays gathers them)."""
   shardings = tuple(x.sharding for x in jax.tree.leaves(dst))
   return _overwrite_in_layout_jit(dst, src, shardings)
+
+
 # A fresh copy of every leaf (new buffers, same shardings).
 copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 

@@ -164,13 +164,17 @@ def make_plane_meshes(placement: Mapping[str, Any],
     return _multiprocess_meshes(placement)
   devices = list(jax.devices() if devices is None else devices)
   ids = resolve_device_ids(placement, len(devices))
+  grid = lambda plane: _grid(placement, ids, devices, plane)  # noqa: E731
+  return PlaneMeshes(mode=placement["mode"], sim=Mesh(grid("sim"), SIM_AXES),
+                     actor=Mesh(grid("actor"), MODEL_AXES),
+                     learner=Mesh(grid("learner"), MODEL_AXES))
 
-  def mesh(plane, axes):
-    grid = np.array([devices[i] for i in ids[plane]], dtype=object)
-    return Mesh(grid.reshape(plane_shape(placement, plane)), axes)
 
-  return PlaneMeshes(mode=placement["mode"], sim=mesh("sim", SIM_AXES),
-                     actor=mesh("actor", MODEL_AXES), learner=mesh("learner", MODEL_AXES))
+def _grid(placement: Mapping[str, Any], ids: dict[str, list[int]],
+          devices: Sequence[jax.Device], plane: str) -> np.ndarray:
+  """The devices of `plane` (ids index `devices`), shaped as its mesh."""
+  return np.array([devices[i] for i in ids[plane]], dtype=object).reshape(
+      plane_shape(placement, plane))
 
 
 def _multiprocess_meshes(placement: Mapping[str, Any]) -> PlaneMeshes:
@@ -183,13 +187,9 @@ def _multiprocess_meshes(placement: Mapping[str, Any]) -> PlaneMeshes:
                          "the same number in every process")
   ids = resolve_device_ids(placement, sizes[0])
   own = per_process[jax.process_index()]
-
-  def grid(devs, plane):
-    return np.array([devs[i] for i in ids[plane]], dtype=object).reshape(
-        plane_shape(placement, plane))
-
   # Process by process along fsdp: each process's learner devices are one block of the axis.
-  learner = np.concatenate([grid(devs, "learner") for devs in per_process], axis=1)
-  return PlaneMeshes(mode=placement["mode"], sim=Mesh(grid(own, "sim"), SIM_AXES),
-                     actor=Mesh(grid(own, "actor"), MODEL_AXES),
+  learner = np.concatenate([_grid(placement, ids, devs, "learner") for devs in per_process],
+                           axis=1)
+  return PlaneMeshes(mode=placement["mode"], sim=Mesh(_grid(placement, ids, own, "sim"), SIM_AXES),
+                     actor=Mesh(_grid(placement, ids, own, "actor"), MODEL_AXES),
                      learner=Mesh(learner, MODEL_AXES), processes=count)
