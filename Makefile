@@ -49,7 +49,7 @@ demo: $(RUN_STAMP)
 		$(if $(WORKDIR),--workdir=$(WORKDIR))
 
 test: $(DEV_STAMP)
-	JAX_PLATFORMS=cpu PYTHONPATH=$(CURDIR) $(PY) -m pytest -n 2 --dist loadfile -q tests
+	JAX_PLATFORMS=cpu PYTHONPATH=$(CURDIR) $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q tests
 
 lint:
 	@if [ -x $(VENV)/bin/ruff ]; then RUFF=$(VENV)/bin/ruff; \

@@ -18,6 +18,9 @@ i.e. a perfect async pipeline runs every lane at once but can neither beat its s
 nor do the iteration's CPU work faster than the cores allow (`--cores`, default this
 machine's CPU count). With single-threaded computations C = sum_i L_i and this is
 sum_i L_i / max(max_i L_i, sum_i L_i / cores) (also reported, as bound_speedup_lane_sum).
+The two terms are reported on their own too: bound_lane_limited = sum_i L_i / max_i L_i, and
+bound_core_limited = cores * sum_i L_i / C, which is cores over the cores the sync run used:
+a sync baseline that already keeps 1.3 of 2 cores busy leaves room for at most about 1.5x.
 XLA:CPU runs every computation on one intra-op pool of max(cores, devices) threads shared by
 all fake devices and splits independent ops of a program across it (the learner update uses
 about 1.6 of 2 cores); `--xla_cpu_multi_thread_eigen=false` (set for sync and async alike)
@@ -225,6 +228,9 @@ def throughput(args) -> dict:
       "bound_formula": "sum(L) / max(max(L), C / cores); L = sync lane busy s per iteration, "
                        "C = sync CPU s per iteration",
       "bound_speedup_lane_sum": bound_speedup(lane_s, cores),
+      # The two terms of the bound: the slowest lane, and the cores the sync run left idle.
+      "bound_lane_limited": sum(lane_s.values()) / max(lane_s.values()),
+      "bound_core_limited": sum(lane_s.values()) * cores / sync_cpu,
       "sync_cpu_s_per_iteration": sync_cpu,
       "cores_used": {name: mean(name, "cores_used") for name in runs},
       "lane_s_per_iteration": lane_s,

@@ -63,7 +63,8 @@ def train(config, workdir: str, progress_fn: Optional[Callable[[int, dict], None
     progress_fn: called with (iteration, metrics); defaults to a `MetricsWriter` on `workdir`.
     stop: setting it stops the run like SIGTERM does (checkpoint, then return).
     components: reuse components built by `builders.build` for a config that differs from
-      `config` only in `train`, `testing` and `seed` fields (saves the compilation).
+      `config` only in `train`, `testing` and `seed` fields or in the warm start's
+      (`rl.warmstart_steps`, `sft.*`), which read `config` (saves the compilation).
 
   Returns:
     The metrics of the final evaluation (plus the iteration reached under "step", and

@@ -24,7 +24,7 @@ from dvla_jax.training import builders  # noqa: E402
 from dvla_jax.training import trainer  # noqa: E402
 
 # Warm-up: compilation, and the first rollouts of each env group.
-WARMUP, ITERATIONS, EVERY = 10, 200, 4
+WARMUP, ITERATIONS, EVERY = 10, 100, 4
 
 
 def _config():

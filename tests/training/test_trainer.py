@@ -35,11 +35,13 @@ def _params(workdir, step):
 def two_then_four(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = demo.get_config("tiny")
+  # Both runs share the compiled programs (resuming in a fresh process is the SIGTERM test's).
+  comp = builders.build(config)
   config.train.iterations = 2
-  first = trainer.train(config, workdir)
+  first = trainer.train(config, workdir, components=comp)
   state2, meta2 = _params(workdir, 2)
   config.train.iterations = 4
-  second = trainer.train(config, workdir)
+  second = trainer.train(config, workdir, components=comp)
   return workdir, first, second, state2, meta2
 
 
@@ -132,7 +134,9 @@ def test_warm_start_clones_the_expert_before_rl(tmp_path):
   config.sft.lr = 3e-3
   config.train.iterations = 1
   rows = []
-  trainer.train(config, str(tmp_path), progress_fn=lambda s, m: rows.append((s, dict(m))))
+  comp = builders.build(config)  # The warm start is not part of the components.
+  trainer.train(config, str(tmp_path), progress_fn=lambda s, m: rows.append((s, dict(m))),
+                components=comp)
   losses = [m["warmstart/loss"] for _, m in rows if "warmstart/loss" in m]
   assert len(losses) == 4 and losses[-1] < losses[0]
   # The iteration-0 evaluation comes first: it scores the untrained policy.
@@ -140,7 +144,8 @@ def test_warm_start_clones_the_expert_before_rl(tmp_path):
   # Without a warm start the same run's first update starts from other parameters.
   config.rl.warmstart_steps = 0
   cold = []
-  trainer.train(config, str(tmp_path / "cold"), progress_fn=lambda s, m: cold.append(m))
+  trainer.train(config, str(tmp_path / "cold"), progress_fn=lambda s, m: cold.append(m),
+                components=comp)
   warm_loss = [m for s, m in rows if "learner/policy_loss" in m][0]["learner/value_loss"]
   cold_loss = [m for m in cold if "learner/policy_loss" in m][0]["learner/value_loss"]
   assert warm_loss != cold_loss
