@@ -28,8 +28,12 @@ keeps each matmul on one thread, but that pool cannot be made single-threaded, s
 sum_i L_i and the first form is the honest one.
 
 Writes FILE.json with sync_env_steps_per_s, async_env_steps_per_s, speedup, bound_speedup,
-lane_busy (per pipeline), lane_s_per_iteration, and next to it the two traces and timelines
-(FILE_sync_timeline.png, FILE_async_timeline.png).
+lane_busy (per pipeline), lane_s_per_iteration, cores_taken_by_others (per round: the cores
+other processes and, on a virtual machine, the hypervisor's steal took from the run, from
+/proc/stat; a shared machine's neighbours make a run's ratio meaningless, and this shows when),
+and next to it the two traces and timelines (FILE_sync_timeline.png, FILE_async_timeline.png).
+Rounds: 3 of 4 timed iterations with --quick, 4 of 8 otherwise; short alternating runs let
+both pipelines see the same machine.
 
 Sample-efficiency mode (`--sample_efficiency`; `--quick` about 10 CPU-minutes per run, nine
 runs): trains the demo task with the `tiny` model after a short behaviour-cloning warm start,
@@ -128,22 +132,45 @@ def _lane_seconds(tracer, t_from: float, t_to: float) -> dict[str, float]:
   return busy
 
 
+def _cpu_counters() -> Optional[tuple[float, float]]:
+  """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat (None elsewhere).
+
+  Steal is time the hypervisor gave this virtual machine's vCPUs to someone else; busy counts
+  every process here, this one included.
+  """
+  try:
+    with open("/proc/stat", encoding="ascii") as f:
+      fields = [int(x) for x in f.readline().split()[1:9]]
+  except (OSError, ValueError):
+    return None
+  user, nice, system, _, _, irq, softirq, steal = fields
+  hz = os.sysconf("SC_CLK_TCK")
+  return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
 def _run_pipeline(kind, comp, placement, state, start, iterations, warmup, rng, cores):
   """Runs `iterations` updates with pipeline class `kind`; returns timing and the new state."""
   from dvla_jax.swimlanes import tracing  # pylint: disable=g-import-not-at-top
   tracer = tracing.Tracer(True, 10**6)
   pipe = kind(comp, placement, tracer, rng)
-  marks, cpu = {}, {}
+  marks, cpu, machine = {}, {}, {}
 
   def on_update(iteration, _state, _metrics):
     marks[iteration] = time.perf_counter()
     cpu[iteration] = time.process_time()
+    machine[iteration] = _cpu_counters()
 
   total = start + warmup + iterations
   state, done = pipe.run(state, start, total, on_update, threading.Event())
   t_from, t_to = marks[start + warmup], marks[total]
   steps = iterations * comp.config.rl.rollout_length * comp.envs_per_group
   lanes = _lane_seconds(tracer, t_from, t_to)
+  own = cpu[total] - cpu[start + warmup]
+  first, last = machine[start + warmup], machine[total]
+  # Cores the window lost to other processes here and to other virtual machines (steal).
+  others = None if first is None else {
+      "other_processes": max(last[0] - first[0] - own, 0.0) / (t_to - t_from),
+      "steal": (last[1] - first[1]) / (t_to - t_from)}
   return state, done, {
       "env_steps_per_s": steps / (t_to - t_from),
       "seconds": t_to - t_from,
@@ -151,6 +178,7 @@ def _run_pipeline(kind, comp, placement, state, start, iterations, warmup, rng, 
       "cores_used": (cpu[total] - cpu[start + warmup]) / (t_to - t_from),
       "lane_s_per_iteration": {k: v / iterations for k, v in lanes.items()},
       "lane_busy": {k: v / (t_to - t_from) for k, v in lanes.items()},
+      "cores_taken_by_others": others,
       "tracer": tracer, "window": (t_from - tracer.t0, t_to - tracer.t0),
   }
 
@@ -178,8 +206,8 @@ def throughput(args) -> dict:
 
   config = bench_config(args.quick, args.set)
   cores = args.cores or os.cpu_count()
-  rounds = args.rounds or (1 if args.quick else 2)
-  iterations = args.iterations or (6 if args.quick else 16)
+  rounds = args.rounds or (3 if args.quick else 4)
+  iterations = args.iterations or (4 if args.quick else 8)
   t0 = time.perf_counter()
   placement = trainer.make_placement(config)
   comp = builders.build(config)
@@ -196,10 +224,12 @@ def throughput(args) -> dict:
       state, done, result = _run_pipeline(kind, comp, placement, state, done, iterations,
                                           args.warmup, jax.random.fold_in(rng, done), cores)
       runs[name].append(result)
+      taken = result["cores_taken_by_others"]
       print(f"round {r} {name}: {result['env_steps_per_s']:.1f} env steps/s, "
             f"{result['cores_used']:.2f} cores, lane busy "
-            + ", ".join(f"{k} {v:.0%}" for k, v in sorted(result["lane_busy"].items())),
-            flush=True)
+            + ", ".join(f"{k} {v:.0%}" for k, v in sorted(result["lane_busy"].items()))
+            + ("" if taken is None else f"; cores taken by other processes "
+               f"{taken['other_processes']:.2f}, by steal {taken['steal']:.2f}"), flush=True)
 
   def mean(name, key):
     return sum(r[key] for r in runs[name]) / len(runs[name])
@@ -237,6 +267,9 @@ def throughput(args) -> dict:
       "lane_busy": {name: {k: sum(r["lane_busy"].get(k, 0.0) for r in runs[name])
                            / len(runs[name]) for k in lane_s} for name in runs},
       "per_round": {name: [r["env_steps_per_s"] for r in runs[name]] for name in runs},
+      # Cores this run could not have, per round: a busy neighbour makes the ratio meaningless.
+      "cores_taken_by_others": {name: [r["cores_taken_by_others"] for r in runs[name]]
+                                for name in runs},
       "cores": cores, "devices": jax.device_count(),
       "planes": placement.meshes.device_ids(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
