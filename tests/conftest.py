@@ -9,9 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The files that take minutes, slowest first. `make test` runs `pytest -n 2 --dist loadfile
 # --no-loadscope-reorder`, so files go to the two workers in collection order: starting these
 # first keeps a worker from finishing the run alone on one of them. The rest keep pytest's
-# order. Seconds per file in a full run on the 2-core machine, for when this list is revisited:
-# multihost 366, trainer 300, pipeline_memory 190, sft 170, readme 120, configs 98,
-# swimlanes/test_pipeline 97, notebook 94, offpolicy 68.
+# order. Seconds per file in a full run on the 2-core machine, for when this list is revisited
+# (trainer and pipeline_memory before they were made cheaper): multihost 366, trainer 494,
+# pipeline_memory 190, sft 170, readme 120, configs 98, swimlanes/test_pipeline 97,
+# notebook 94, offpolicy 68.
 _SLOW_FILES = (
     "tests/multihost/test_multihost.py",
     "tests/training/test_trainer.py",

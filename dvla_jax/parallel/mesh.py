@@ -163,18 +163,24 @@ def make_plane_meshes(placement: Mapping[str, Any],
   if devices is None and jax.process_count() > 1:
     return _multiprocess_meshes(placement)
   devices = list(jax.devices() if devices is None else devices)
-  ids = resolve_device_ids(placement, len(devices))
-  grid = lambda plane: _grid(placement, ids, devices, plane)  # noqa: E731
-  return PlaneMeshes(mode=placement["mode"], sim=Mesh(grid("sim"), SIM_AXES),
-                     actor=Mesh(grid("actor"), MODEL_AXES),
-                     learner=Mesh(grid("learner"), MODEL_AXES))
+  return _meshes(placement, resolve_device_ids(placement, len(devices)), devices, [devices])
 
 
-def _grid(placement: Mapping[str, Any], ids: dict[str, list[int]],
-          devices: Sequence[jax.Device], plane: str) -> np.ndarray:
-  """The devices of `plane` (ids index `devices`), shaped as its mesh."""
-  return np.array([devices[i] for i in ids[plane]], dtype=object).reshape(
-      plane_shape(placement, plane))
+def _meshes(placement: Mapping[str, Any], ids: dict[str, list[int]],
+            own: Sequence[jax.Device], per_process: Sequence[Sequence[jax.Device]]
+            ) -> PlaneMeshes:
+  """The sim and actor meshes from `own` devices; the learner mesh joins every process's
+  learner devices process by process along fsdp (one block of the axis each). Ids index
+  each process's devices."""
+
+  def grid(devices, plane):
+    return np.array([devices[i] for i in ids[plane]], dtype=object).reshape(
+        plane_shape(placement, plane))
+
+  learner = np.concatenate([grid(devs, "learner") for devs in per_process], axis=1)
+  return PlaneMeshes(mode=placement["mode"], sim=Mesh(grid(own, "sim"), SIM_AXES),
+                     actor=Mesh(grid(own, "actor"), MODEL_AXES),
+                     learner=Mesh(learner, MODEL_AXES), processes=len(per_process))
 
 
 def _multiprocess_meshes(placement: Mapping[str, Any]) -> PlaneMeshes:
@@ -186,10 +192,4 @@ def _multiprocess_meshes(placement: Mapping[str, Any]) -> PlaneMeshes:
     raise PlacementError(f"processes hold {' or '.join(map(str, sizes))} devices; allowed: "
                          "the same number in every process")
   ids = resolve_device_ids(placement, sizes[0])
-  own = per_process[jax.process_index()]
-  # Process by process along fsdp: each process's learner devices are one block of the axis.
-  learner = np.concatenate([_grid(placement, ids, devs, "learner") for devs in per_process],
-                           axis=1)
-  return PlaneMeshes(mode=placement["mode"], sim=Mesh(_grid(placement, ids, own, "sim"), SIM_AXES),
-                     actor=Mesh(_grid(placement, ids, own, "actor"), MODEL_AXES),
-                     learner=Mesh(learner, MODEL_AXES), processes=count)
+  return _meshes(placement, ids, per_process[jax.process_index()], per_process)
