@@ -6,28 +6,21 @@ Runs the real entry point (`dvla_jax.main`, the async pipeline) with 3 fake CPU 
 process: each process simulates and acts on its own device (sim 1, actor 1) and the learner
 mesh joins one device of each process (fsdp 2), so the train state is sharded across the
 processes and every published version crosses them. The lanes' stage functions are wrapped
-to print one JSON line per event for the test to compare: each published version (with a
-checksum of the whole learner params), each version copied into the actors' weights (with a
-checksum of this process's copy) and the version of the weights behind every recorded step.
+to record one JSON line per event for the test to compare (`_common.emit`): each published
+version (with a checksum of the whole learner params), each version copied into the actors'
+weights (with a checksum of this process's copy) and the version of the weights behind every
+recorded step.
 """
 
-import json
 import sys
 
+from _common import checksum as _checksum  # Beside this script, which is on sys.path.
+from _common import emit as _emit
 import jax
-import jax.numpy as jnp
 
 from dvla_jax import main as main_lib
 from dvla_jax import parallel
 from dvla_jax.swimlanes import stages
-
-
-def _emit(**record) -> None:
-  print("EVENT " + json.dumps(record), flush=True)
-
-
-def _checksum(tree) -> float:
-  return float(sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def _instrument() -> None:

@@ -6,12 +6,13 @@ mesh is process 0's first two devices; the actor mesh is one device of each proc
 the weights cross the process boundary by `broadcast_via_collective` and are copied in place
 into the actors' weight double buffer (`memory.WeightBuffer`, whose buffers never move).
 Process 0 runs the learner updates; both processes act with the weights they received. Each
-process prints one JSON line per event for the test to compare.
+process records one JSON line per event for the test to compare (`_common.emit`).
 """
 
-import json
 import sys
 
+from _common import checksum as _checksum  # Beside this script, which is on sys.path.
+from _common import emit as _emit
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -29,14 +30,6 @@ from dvla_jax.training import metrics as metrics_lib
 
 ITERATIONS = 3
 _OPT = optax.adam(1e-2)
-
-
-def _emit(**record) -> None:
-  print("EVENT " + json.dumps(record), flush=True)
-
-
-def _checksum(tree) -> float:
-  return float(sum(jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def _local(tree):

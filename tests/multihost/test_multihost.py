@@ -36,9 +36,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _events(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line[len("EVENT "):]) for line in f if line.startswith("EVENT ")]
+def _events(log: str) -> list[dict]:
+  """The events the worker that wrote `log` recorded (`_common.emit`)."""
+  with open(log + ".events", encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
 
 
 def _run_pair(workdir: str, logs: list[str], worker: str = _WORKER, args: tuple = (),
@@ -58,11 +59,13 @@ def _run_pair(workdir: str, logs: list[str], worker: str = _WORKER, args: tuple 
   procs = []
   try:
     for pid, log in enumerate(logs):
+      open(log + ".events", "w", encoding="utf-8").close()  # The worker appends.
       with open(log, "w", encoding="utf-8") as out:
         procs.append(subprocess.Popen(
             [sys.executable, worker, str(pid), str(len(logs)), str(port), workdir,
              *map(str, args)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=_ROOT))
+            stdout=out, stderr=subprocess.STDOUT, env=dict(env, EVENTS_FILE=log + ".events"),
+            cwd=_ROOT))
     deadline = time.monotonic() + timeout_s
     while sigterm is not None and procs[sigterm[0]].poll() is None:
       with open(logs[sigterm[0]], encoding="utf-8") as f:
