@@ -9,8 +9,9 @@ or, for the seconds-long smoke configuration used by the tests:
     python -m dvla_jax.main --config=configs/demo.py:tiny --workdir=/tmp/dvla_tiny
 
 `get_config(arg)` takes one of:
-  ""      the demo as shipped: the `small` model, 128 envs; 800 behaviour-cloning steps
-          on the scripted expert, then 30 PPO iterations.
+  ""      the demo as shipped: the `small` model, 128 envs, 8-step episodes; 1200
+          behaviour-cloning steps on 512 rows of the scripted expert's demonstrations, then
+          30 PPO iterations on each env's first episode per slot.
   "tiny"  a seconds-long run: 8 envs, the `tiny` model, 2 iterations.
 """
 
@@ -21,23 +22,29 @@ def get_config(arg: str = ""):
   config = default_config.get_config()
   config.env.task = "touch_cube"
   config.env.num_envs = 128  # MJX Warp on CPU steps 128 worlds in about the time of 64.
-  config.env.episode_length = 16
+  # The expert needs 2 steps; 8 leaves the policy room to correct itself.
+  config.env.episode_length = 8
   config.model.preset = "small"
-  config.rl.rollout_length = 16
-  config.rl.lr = 3e-4
-  config.rl.max_grad_norm = 5.0
-  # Warm start: behaviour-clone the scripted expert for a few hundred steps, then PPO.
-  config.rl.warmstart_steps = 800
+  # PPO on each env's first episode of every slot (one episode per env and slot).
+  config.rl.rollout_length = 8
+  config.rl.episodic_slots = True
+  config.rl.lr = 1e-4
+  config.rl.max_grad_norm = 1.0
+  config.rl.critic_warmup_iterations = 3
+  config.rl.target_kl = 0.1
+  # Warm start: behaviour-clone demonstrations of the scripted expert, then PPO.
+  config.rl.warmstart_steps = 1200
+  config.sft.episodes = 512
   config.sft.batch_size = 128
   config.train.iterations = 30
   config.train.log_every = 2
-  config.train.eval_every = 10
+  config.train.eval_every = 15
   config.train.eval_episodes = 256
-  config.train.checkpoint_every = 10
+  config.train.checkpoint_every = 15
   if arg == "tiny":
     config.env.num_envs = 8
     config.env.image_size = 32
-    config.env.episode_length = 8
+    config.env.episode_length = 4
     config.model.preset = "tiny"
     config.rl.rollout_length = 4
     config.rl.num_minibatches = 2

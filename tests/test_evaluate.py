@@ -107,7 +107,7 @@ def test_video_helpers():
     videos.video_extension("avi")
 
 
-def _save_checkpoint(workdir: str) -> dict:
+def _save_checkpoint(workdir: str, task: str = _TASK) -> dict:
   """A run directory whose checkpoint holds a freshly initialised tiny policy (no training)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -122,9 +122,9 @@ def _save_checkpoint(workdir: str) -> dict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("tiny")
-  config.env.task = _TASK
+  config.env.task = task
   config.env.num_envs = 4
-  probe = envs.make(_TASK, builders.env_config(config, 1).replace(render=False))
+  probe = envs.make(task, builders.env_config(config, 1).replace(render=False))
   mcfg = builders.model_config(config, probe)
   params = nnx.state(models.VLA(mcfg, rngs=nnx.Rngs(3)))
   with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
@@ -176,6 +176,19 @@ def test_evaluates_suite_tasks_with_replayed_videos(run_dir, tmp_path):
   report.write_json(result, str(tmp_path / "r.json"))
   with open(tmp_path / "r.json") as f:
     assert json.load(f)["tasks"][_TASK]["episodes"] == 2
+
+
+@pytest.mark.slow
+def test_a_suite_run_is_evaluated_on_each_of_its_tasks(tmp_path):
+  workdir = str(tmp_path / "suite_run")
+  _save_checkpoint(workdir, "suite:goal")
+  result = workdir_lib.evaluate_workdir(workdir, episodes=1, num_videos=0, num_envs=5,
+                                        episode_length=2)
+  assert result["trained_task"] == "suite:goal" and not result["incompatible"]
+  assert list(result["tasks"]) == [
+      "goal_touch_ball", "goal_push_cube", "goal_lift_cylinder", "goal_place_cube",
+      "goal_stack_cubes"]
+  assert all(row["episodes"] == 1 for row in result["tasks"].values())
 
 
 def test_nothing_compatible_is_an_error(run_dir):

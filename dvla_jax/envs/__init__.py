@@ -5,6 +5,8 @@ from dvla_jax.envs.experts import expert_table
 from dvla_jax.envs.mjx_env import EnvConfig
 from dvla_jax.envs.mjx_env import State
 from dvla_jax.envs.mjx_env import TabletopEnv
+from dvla_jax.envs.registry import SUITE_PREFIX
+from dvla_jax.envs.registry import TaskFromKey
 from dvla_jax.envs.registry import UnknownTaskError
 from dvla_jax.envs.registry import check_task
 from dvla_jax.envs.registry import default_config
@@ -14,7 +16,9 @@ from dvla_jax.envs.registry import list_tasks
 from dvla_jax.envs.registry import make
 from dvla_jax.envs.registry import make_multi
 from dvla_jax.envs.registry import refresh_reset_states
+from dvla_jax.envs.registry import resolve_tasks
 from dvla_jax.envs.registry import suite_tasks
+from dvla_jax.envs.registry import task_keys
 from dvla_jax.envs.registry import task_suite
 from dvla_jax.envs.registry import wrap_for_training
 from dvla_jax.envs.suite import SuiteEnv
@@ -23,10 +27,12 @@ from dvla_jax.envs.tasks import TaskSpec
 
 __all__ = [
     "EnvConfig",
+    "SUITE_PREFIX",
     "State",
     "SuiteEnv",
     "TASKS",
     "TabletopEnv",
+    "TaskFromKey",
     "TaskSpec",
     "UnknownTaskError",
     "check_task",
@@ -39,7 +45,9 @@ __all__ = [
     "make",
     "make_multi",
     "refresh_reset_states",
+    "resolve_tasks",
     "suite_tasks",
+    "task_keys",
     "task_suite",
     "wrap_for_training",
 ]

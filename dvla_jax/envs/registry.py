@@ -4,6 +4,7 @@ import difflib
 import functools
 from typing import Callable, Sequence
 
+from brax.envs import base as brax_base
 from brax.envs.wrappers import training as brax_wrappers
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,11 @@ for _spec in tasks.TASKS:
                         suite.SuiteEnv, _spec.suite, _spec.description)
 
 
+SUITE_PREFIX = "suite:"
+
+
 class UnknownTaskError(KeyError):
-  """An unknown task name; the message lists the closest registered names."""
+  """An unknown task or suite name; the message lists the closest registered names."""
 
   def __str__(self):
     return self.args[0]
@@ -64,6 +68,40 @@ def check_task(name: str) -> None:
     raise UnknownTaskError(f"unknown task {name!r}; closest: {', '.join(close)}")
 
 
+def resolve_tasks(spec: str) -> list[str]:
+  """The tasks a task spec names, in order.
+
+  A spec is one registered task (`touch_cube`), a whole suite (`suite:goal`), or a
+  comma-separated list of suite tasks (`goal_push_cube,goal_place_cube`); a suite or a list
+  runs in one `SuiteEnv` (see `make`).
+
+  Raises:
+    UnknownTaskError: an unknown task or suite (one line naming the closest ones).
+    ValueError: a list holding a stand-alone task, or an entry that is empty or repeated.
+  """
+  if spec.startswith(SUITE_PREFIX):
+    name = spec[len(SUITE_PREFIX):]
+    if name not in tasks.SUITES:
+      allowed = ", ".join(SUITE_PREFIX + s for s in tasks.SUITES)
+      raise UnknownTaskError(f"unknown suite in {spec!r}; allowed: {allowed}")
+    return tasks.suite_tasks(name)
+  if "," not in spec:
+    check_task(spec)
+    return [spec]
+  names = [part.strip() for part in spec.split(",")]
+  for name in names:
+    if not name:
+      raise ValueError(f"empty entry in the task list {spec!r}; allowed: suite task names "
+                       "separated by commas")
+    check_task(name)
+    if name not in tasks.BY_NAME:
+      raise ValueError(f"{name!r} in the task list {spec!r} is not a suite task; allowed in a "
+                       "list: suite tasks (they share one scene), or a single task")
+  if len(set(names)) != len(names):
+    raise ValueError(f"the task list {spec!r} repeats a task; allowed: each task once")
+  return names
+
+
 def default_config(name: str, config: mjx_env.EnvConfig | None = None,
                    **changes) -> mjx_env.EnvConfig:
   """`config` (default EnvConfig()) with `changes`, None fields set to task `name`'s defaults.
@@ -78,17 +116,25 @@ def default_config(name: str, config: mjx_env.EnvConfig | None = None,
   return _TASKS[name][1].default_config(config, **changes)
 
 
-def make(name: str, config: mjx_env.EnvConfig | None = None) -> mjx_env.TabletopEnv:
-  """Builds the single-world env `name` (see `wrap_for_training` for the batched one).
+def make(spec: str, config: mjx_env.EnvConfig | None = None) -> mjx_env.TabletopEnv:
+  """Builds the single-world env of a task spec (see `wrap_for_training` for the batched one).
 
   Args:
-    name: a registered task.
-    config: env settings; None fields (or config=None) take the task's defaults.
+    spec: a registered task, or a spec of several suite tasks (`suite:goal`, or names
+      separated by commas; see `resolve_tasks`), which builds one `make_multi` env for all.
+    config: env settings; None fields (or config=None) take the task's defaults (for several
+      tasks, the episode limit is the longest task's).
 
   Returns:
     The env; `env.config` is the resolved config.
+
+  Raises:
+    UnknownTaskError, ValueError: a bad spec (see `resolve_tasks`).
   """
-  return _TASKS[name][0](default_config(name, config))
+  names = resolve_tasks(spec)
+  if len(names) > 1:
+    return make_multi(names, config)
+  return _TASKS[names[0]][0](default_config(names[0], config))
 
 
 def make_multi(names: Sequence[str], config: mjx_env.EnvConfig | None = None) -> suite.SuiteEnv:
@@ -103,6 +149,42 @@ def make_multi(names: Sequence[str], config: mjx_env.EnvConfig | None = None) ->
       raise ValueError(f"{name!r} is not a suite task; make_multi takes: "
                        f"{', '.join(t.name for t in tasks.TASKS)}")
   return suite.SuiteEnv(config or mjx_env.EnvConfig(), names)
+
+
+class TaskFromKey(brax_base.Wrapper):
+  """A multi-task `SuiteEnv` whose `reset` takes the world's task from its key.
+
+  brax's batching wrappers hand `reset` one key per world and nothing else, so the task rides
+  along as the key's last word (`task_keys`) and reaches `SuiteEnv.reset_task`. Wrap the
+  single-world env with this before `wrap_for_training` (or the randomised variant); every
+  reset of the wrapped env then needs such keys.
+  """
+
+  def reset(self, rng: jax.Array) -> mjx_env.State:
+    return self.env.reset_task(rng[:-1], rng[-1].astype(jnp.int32))
+
+  @property
+  def unwrapped(self):
+    # brax's DomainRandomizationVmapWrapper swaps `unwrapped.sys` and calls `unwrapped.reset`;
+    # stopping here routes its per-world physics model through this reset.
+    return self
+
+  @property
+  def backend(self) -> str:
+    return self.env.backend
+
+  @property
+  def sys(self):
+    return self.env.sys
+
+  @sys.setter
+  def sys(self, model):
+    self.env.sys = model
+
+
+def task_keys(keys: jax.Array, task: jax.Array) -> jax.Array:
+  """Raw keys uint32 [B, K] with each world's task index [B] appended, for `TaskFromKey`."""
+  return jnp.concatenate([keys, task.astype(keys.dtype)[:, None]], axis=-1)
 
 
 class AutoResetWrapper(brax_wrappers.AutoResetWrapper):

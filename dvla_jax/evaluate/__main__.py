@@ -6,10 +6,10 @@ r"""Evaluates a trained run: per-task success rates with 95% intervals, a table,
 
 The policy is restored from the newest checkpoint in `--workdir` (or `--step`), with the model
 rebuilt from the run's config saved in the checkpoint. Without `--suite` or `--tasks` it is
-evaluated on the task it trained on. A task whose observations or actions do not fit the
-model is reported in one line and skipped. Videos replay a few episodes per task at
-`--video_size` pixels (0: the observation frames, upscaled) as GIF, or MP4 when
-imageio-ffmpeg is installed.
+evaluated on the tasks it trained on (its `env.task`: one task, a suite, or a list). A task
+whose observations or actions do not fit the model is reported in one line and skipped.
+Videos replay a few episodes per task at `--video_size` pixels (0: the observation frames,
+upscaled) as GIF, or MP4 when imageio-ffmpeg is installed.
 
 Bad input (no checkpoint in the workdir, an unknown suite or task, an impossible number, no
 task that fits the checkpoint) prints one line per problem to stderr and exits with status 2.
@@ -38,9 +38,8 @@ _VIDEO_FORMAT = flags.DEFINE_enum("video_format", "auto", ["auto", "gif", "mp4"]
 _VIDEO_DIR = flags.DEFINE_string("video_dir", "", "Video folder (default WORKDIR/eval/videos).")
 _OUT = flags.DEFINE_string("out", "", "JSON results file (default WORKDIR/eval/results.json).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_ACTIONS = flags.DEFINE_enum("actions", "config", ["config", "sample", "greedy"],
-                             "sample at model.temperature, argmax, or the run's "
-                             "train.eval_greedy.")
+_ACTIONS = flags.DEFINE_enum("actions", "sample", ["sample", "greedy"],
+                             "sample at the run's model.temperature, or take the argmax.")
 _NUM_ENVS = flags.DEFINE_integer("num_envs", 0, "Worlds per env batch (0: the run's).")
 _EPISODE_LENGTH = flags.DEFINE_integer("episode_length", 0,
                                        "Episode limit in policy steps (0: the run's).")
@@ -78,7 +77,7 @@ def _check_numbers() -> None:
 
 
 def _task_names() -> list[str]:
-  """The tasks asked for ([] = the run's own task); unknown names fail with one line."""
+  """The tasks asked for ([] = the run's own tasks); unknown names fail with one line."""
   from dvla_jax import envs  # pylint: disable=g-import-not-at-top
 
   if _SUITE.value:
@@ -107,7 +106,7 @@ def main(argv: Sequence[str]) -> None:
   from dvla_jax.evaluate import report  # pylint: disable=g-import-not-at-top
   from dvla_jax.evaluate import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  greedy = {"config": None, "sample": False, "greedy": True}[_ACTIONS.value]
+  greedy = _ACTIONS.value == "greedy"
   try:
     result = workdir_lib.evaluate_workdir(
         workdir, tasks, episodes=_EPISODES.value, num_videos=_VIDEOS.value,

@@ -50,15 +50,13 @@ class Policy:
   act: Callable
 
 
-def load_policy(workdir: str, step: Optional[int] = None, greedy: Optional[bool] = None
-                ) -> Policy:
+def load_policy(workdir: str, step: Optional[int] = None, greedy: bool = False) -> Policy:
   """Rebuilds the model of the run in `workdir` and restores its params.
 
   Args:
     workdir: the run's directory (with `checkpoints/`).
     step: the checkpoint to restore (None: the latest).
-    greedy: argmax actions (True), sampling at `model.temperature` (False), or the run's
-      `train.eval_greedy` (None).
+    greedy: argmax actions (True) or sampling at `model.temperature` (False).
 
   Returns:
     The policy.
@@ -74,13 +72,12 @@ def load_policy(workdir: str, step: Optional[int] = None, greedy: Optional[bool]
       raise FileNotFoundError(f"no checkpoint of step {step} in {ckpt.directory}; kept: {kept}")
     meta = ckpt.metadata(step)
     config = run_config(meta["config"])
-    # Only the observation sizes are needed: no renderer.
+    # Only the observation sizes are needed: no renderer. (`env.task` may name several tasks:
+    # `envs.make` builds their shared env.)
     probe = envs.make(config.env.task, builders.env_config(config, 1).replace(render=False))
     mcfg = builders.model_config(config, probe)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: models.VLA(mcfg, rngs=nnx.Rngs(0))))
     params = ckpt.restore_params(meta["step"], abstract)
-  if greedy is None:
-    greedy = bool(config.train.eval_greedy)
   tokenizer = models.ActionTokenizer([-1.0] * mcfg.action_dim, [1.0] * mcfg.action_dim,
                                      mcfg.num_bins)
   temperature = 0.0 if greedy else float(config.model.temperature)

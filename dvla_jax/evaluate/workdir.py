@@ -8,6 +8,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from dvla_jax import envs
 from dvla_jax.evaluate import paths
 from dvla_jax.evaluate import report
 from dvla_jax.evaluate import runner
@@ -22,14 +23,14 @@ class NothingToEvaluateError(ValueError):
 def evaluate_workdir(workdir: str, tasks: Optional[Sequence[str]] = None, episodes: int = 16,
                      num_videos: int = 2, video_size: int = 128,
                      video_dir: Optional[str] = None, video_format: str = "auto",
-                     step: Optional[int] = None, greedy: Optional[bool] = None,
+                     step: Optional[int] = None, greedy: bool = False,
                      num_envs: int = 0, episode_length: int = 0, seed: int = 0
                      ) -> dict[str, Any]:
   """Restores the policy of `workdir` and scores it on `tasks`.
 
   Args:
     workdir: a training run's directory (with `checkpoints/`).
-    tasks: task names (default: the task the run trained on).
+    tasks: task names (default: the tasks the run trained on, its `env.task`).
     episodes: episodes per task.
     num_videos: episodes per task written as videos.
     video_size: camera size of the videos; the episodes are replayed in an env rendering at
@@ -37,7 +38,7 @@ def evaluate_workdir(workdir: str, tasks: Optional[Sequence[str]] = None, episod
     video_dir: where the videos go (default `workdir/eval/videos`).
     video_format: "auto" (mp4 if imageio-ffmpeg is installed, else gif), "gif" or "mp4".
     step: the checkpoint to evaluate (None: the latest).
-    greedy: argmax actions, sampled actions, or (None) the run's `train.eval_greedy`.
+    greedy: argmax actions instead of sampling at the run's `model.temperature`.
     num_envs: worlds per env batch (0: the run's envs per group).
     episode_length: the episode limit (0: the run's `env.episode_length`).
     seed: seed of the layouts and sampled actions.
@@ -54,7 +55,7 @@ def evaluate_workdir(workdir: str, tasks: Optional[Sequence[str]] = None, episod
   t0 = time.perf_counter()
   policy = runner.load_policy(workdir, step, greedy)
   config = policy.config
-  tasks = list(tasks or [config.env.task])
+  tasks = list(tasks or envs.resolve_tasks(config.env.task))
   env_config = builders.env_config(
       config, num_envs or config.env.num_envs // config.swimlanes.env_groups)
   if episode_length:
@@ -90,7 +91,7 @@ def evaluate_workdir(workdir: str, tasks: Optional[Sequence[str]] = None, episod
       "checkpoint_step": policy.step,
       "trained_task": config.env.task,
       "episodes_per_task": episodes,
-      "greedy": bool(greedy if greedy is not None else config.train.eval_greedy),
+      "greedy": bool(greedy),
       "seed": seed,
       "tasks": {name: scores[name] for name in tasks if name in scores},
       "incompatible": incompatible,

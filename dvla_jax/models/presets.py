@@ -44,6 +44,14 @@ class VLAConfig:
       -(c_k - mu)^2 / (2 sigma^2) over the bin centres c_k, with mu and log sigma predicted per
       token. It gives the 256 bins an order, so policy gradients move probability to
       neighbouring bins instead of one bin at a time. 0 disables it (free logits only).
+    action_free_logits: add free per-bin logits (a linear head, num_bins per token) to the
+      prior. False makes each token a discretised Gaussian over the bins (mean and width
+      predicted per token): two numbers to fit per token instead of 256, so cloning a few
+      demonstrations cannot make single-bin spikes, and RL moves a mean rather than bins.
+      Needs action_prior_std > 0.
+    action_prior_min_std: floor of the prior's sigma (normalised units; one bin is
+      2 / num_bins): cloning onto labels that sit in one bin would otherwise shrink the prior
+      to a fraction of a bin and leave RL nothing to explore there.
     vit_width: image encoder width (used when `vit_depth` > 0).
     vit_depth: image encoder blocks; 0 embeds patches straight into the trunk.
     vit_num_heads: image encoder attention heads.
@@ -67,6 +75,8 @@ class VLAConfig:
   param_dtype: str = "float32"
   remat: bool = False
   action_prior_std: float = 0.5
+  action_prior_min_std: float = 0.02
+  action_free_logits: bool = True
   vit_width: int = 0
   vit_depth: int = 0
   vit_num_heads: int = 1
@@ -82,6 +92,11 @@ class VLAConfig:
       raise ValueError(f"VLAConfig.max_text_len must be >= 2, got {self.max_text_len}")
     if self.action_prior_std < 0:
       raise ValueError(f"VLAConfig.action_prior_std must be >= 0, got {self.action_prior_std}")
+    if not self.action_free_logits and self.action_prior_std <= 0:
+      raise ValueError("VLAConfig.action_free_logits=False needs action_prior_std > 0")
+    if self.action_prior_std and not 0 < self.action_prior_min_std <= self.action_prior_std:
+      raise ValueError("VLAConfig.action_prior_min_std must be in (0, action_prior_std], got "
+                       f"{self.action_prior_min_std}")
     if self.num_bins < 2:
       raise ValueError(f"VLAConfig.num_bins must be >= 2, got {self.num_bins}")
     if self.image_size % self.patch_size:

@@ -189,14 +189,20 @@ class VLA(nnx.Module):
         _Block(c.width, c.num_heads, c.mlp_dim, dt, pdt, keys=keys) for _ in range(c.depth)])
     self.final_norm = _LayerNorm(c.width, pdt, keys=keys)
     # Heads run in float32 so logits and values keep full precision under bfloat16 compute.
-    self.action_head = _Dense(c.width, c.num_bins, (EMBED, BINS), jnp.float32, pdt, keys=keys)
-    if c.action_prior_std > 0:
+    if c.action_free_logits:
+      self.action_head = _Dense(c.width, c.num_bins, (EMBED, BINS), jnp.float32, pdt, keys=keys)
+    if c.action_prior_std > 0 and c.action_free_logits:
       # Starts as a discretised Gaussian N(0, action_prior_std^2) over the bins: the free
       # logits start small and the prior's mean / log-std head starts at zero.
       self.action_head.kernel[...] = self.action_head.kernel[...] * 0.01
+    if c.action_prior_std > 0:
       self.action_prior = _Dense(c.width, 2, (EMBED, None), jnp.float32, pdt, keys=keys)
       self.action_prior.kernel[...] = self.action_prior.kernel[...] * 0.01
     self.value_head = _Dense(c.width, 1, (EMBED, None), jnp.float32, pdt, keys=keys)
+    # The critic starts at V = 0 everywhere: with a 0/1 success reward that is a neutral guess,
+    # where a random head's offsets (up to +-1) would feed the first updates large, wrong
+    # advantages through the shared trunk.
+    self.value_head.kernel[...] = jnp.zeros_like(self.value_head.kernel[...])
 
   def _encode_images(self, image: jax.Array) -> jax.Array:
     """uint8 [B, C, S, S, 3] -> [B, C * N, width] image tokens."""
@@ -250,9 +256,12 @@ class VLA(nnx.Module):
 
     # Only the query outputs are read, so the prefix skips the final norm.
     q = self.final_norm(x[:, -num_queries:].astype(jnp.float32))
-    logits = self.action_head(q[:, :-1])
-    if c.action_prior_std > 0:
-      logits = logits + self._ordinal_prior(q[:, :-1])
+    if c.action_free_logits and c.action_prior_std > 0:
+      logits = self.action_head(q[:, :-1]) + self._ordinal_prior(q[:, :-1])
+    elif c.action_free_logits:
+      logits = self.action_head(q[:, :-1])
+    else:
+      logits = self._ordinal_prior(q[:, :-1])
     logits = logits.reshape(batch, c.action_horizon, c.action_dim, c.num_bins)
     value = self.value_head(q[:, -1])[:, 0]
     return logits, value
@@ -263,7 +272,10 @@ class VLA(nnx.Module):
     c = self.config
     out = self.action_prior(q)
     mu = jnp.tanh(out[..., :1])
-    log_std = jnp.clip(out[..., 1:] + jnp.log(c.action_prior_std), -6.0, 1.0)
+    # The floor keeps the prior at least `action_prior_min_std` wide after cloning, so that
+    # sampling still explores neighbouring bins where the expert's labels all sit in one.
+    log_std = jnp.clip(out[..., 1:] + jnp.log(c.action_prior_std),
+                       jnp.log(c.action_prior_min_std), 1.0)
     centres = (jnp.arange(c.num_bins, dtype=jnp.float32) + 0.5) / c.num_bins * 2.0 - 1.0
     return -0.5 * jnp.square((centres - mu) * jnp.exp(-log_std))
 
@@ -295,28 +307,41 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature) -> jax.Array:
   return jnp.where(t > 0, sampled, greedy)
 
 
-def token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Log-probability of each token under softmax(logits).
+def _tempered(logits: jax.Array, temperature) -> jax.Array:
+  logits = logits.astype(jnp.float32)
+  if isinstance(temperature, (int, float)) and temperature in (0, 1):
+    return logits  # 0: greedy acting, scored under the untempered policy.
+  return logits / jnp.maximum(jnp.asarray(temperature, jnp.float32), 1e-6)
+
+
+def token_log_probs(logits: jax.Array, tokens: jax.Array, temperature=1.0) -> jax.Array:
+  """Log-probability of each token under softmax(logits / temperature).
+
+  The behaviour, proximal and learner log-probs of PPO must all use the temperature the
+  tokens were sampled at, or the ratio compares two different policies.
 
   Args:
     logits: float [B, H, D, num_bins].
     tokens: int [B, H, D].
+    temperature: the sampling temperature (a Python number or a traced scalar); 0 and 1
+      leave the logits as they are.
 
   Returns:
     float32 [B, H, D].
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(_tempered(logits, temperature), axis=-1)
   return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
-def token_entropy(logits: jax.Array) -> jax.Array:
-  """Entropy of each token distribution softmax(logits).
+def token_entropy(logits: jax.Array, temperature=1.0) -> jax.Array:
+  """Entropy of each token distribution softmax(logits / temperature).
 
   Args:
     logits: float [B, H, D, num_bins].
+    temperature: as in `token_log_probs`.
 
   Returns:
     float32 [B, H, D] entropies in nats.
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(_tempered(logits, temperature), axis=-1)
   return -jnp.sum(jnp.exp(logp) * logp, axis=-1)

@@ -1,8 +1,12 @@
-"""Token-level PPO (decoupled, staleness-bounded) and GRPO losses.
+"""PPO (decoupled, staleness-bounded) and GRPO losses over action-token chunks.
 
-The policy emits action chunks of H x D tokens decoded in parallel, so ratios, clipping
-and entropies are per token while the advantage is per chunk: it is broadcast over the
-chunk's H * D tokens and the clipped surrogate is averaged over tokens.
+The policy emits action chunks of H x D tokens decoded in parallel. Log-probs are per token,
+the advantage is per chunk. The ratio is taken per *ratio unit* (`ratio_level`): the whole
+chunk (default in the configs, as RLinf-VLA does: the chunk's log-ratio is the sum of its
+tokens'), each action of H, or each token. Per-token ratios let a chunk's joint ratio drift
+far outside the clip while every token stays inside it; a chunk ratio clips what the env
+actually executed. The clip may be asymmetric ("clip-higher": 1 - clip_eps .. 1 +
+clip_eps_high), which leaves more room to raise the probability of rare good chunks.
 
 Decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy optimization")
 separates the two roles the old policy plays in PPO. The *proximal* policy (the
@@ -31,9 +35,32 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+RATIO_LEVELS = ("chunk", "action", "token")
+
+
 def _per_token(x: jax.Array) -> jax.Array:
   """Broadcastable view of a per-sample `[N]` array against `[N, H, D]` tokens."""
   return x[:, None, None]
+
+
+def _group(x: jax.Array, level: str) -> jax.Array:
+  """Sums per-token log-quantities `[N, H, D]` into one per ratio unit.
+
+  "chunk": `[N]` (the whole H x D chunk is one action of the policy), "action": `[N, H]` (one
+  per control step), "token": `[N, H, D]` unchanged.
+  """
+  if level == "chunk":
+    return jnp.sum(x, axis=(1, 2))
+  if level == "action":
+    return jnp.sum(x, axis=2)
+  if level == "token":
+    return x
+  raise ValueError(f"ratio_level={level!r}; allowed: {', '.join(RATIO_LEVELS)}")
+
+
+def _per_unit(x: jax.Array, unit_shape: tuple[int, ...]) -> jax.Array:
+  """Broadcastable view of a per-sample `[N]` array against `unit_shape` (`[N, ...]`)."""
+  return jnp.reshape(x, x.shape + (1,) * (len(unit_shape) - 1))
 
 
 def _k3_kl(log_ratio: jax.Array) -> jax.Array:
@@ -67,40 +94,48 @@ def _policy_surrogate(
     mask: jax.Array,
     *,
     clip_eps: float,
+    clip_eps_high: Optional[float],
+    ratio_level: str,
     prox_log_probs: Optional[jax.Array],
     behaviour_weight_cap: Optional[float],
 ) -> Tuple[jax.Array, Metrics]:
-  """Clipped token-level surrogate loss (to minimise) and its diagnostics."""
+  """Clipped surrogate loss (to minimise) over ratio units, and its diagnostics."""
   new = jnp.asarray(new_log_probs, jnp.float32)
   behaviour = jnp.asarray(batch.log_probs, jnp.float32)
   if new.shape != behaviour.shape:
     raise ValueError(f"new_log_probs {new.shape} != behaviour log_probs {behaviour.shape}")
-  token_mask = jnp.broadcast_to(_per_token(mask), new.shape)
   metrics = {}
   if prox_log_probs is None:
-    old, weights = behaviour, jnp.ones_like(new)
+    old = behaviour
+    weights = None
   else:
     old = jax.lax.stop_gradient(jnp.asarray(prox_log_probs, jnp.float32))
-    prox_over_behaviour = old - behaviour
+    prox_over_behaviour = _group(old - behaviour, ratio_level)
     weights = jnp.exp(prox_over_behaviour)
     if behaviour_weight_cap is not None:
       weights = jnp.minimum(weights, behaviour_weight_cap)
     weights = jax.lax.stop_gradient(weights)
-    metrics["learner/behaviour_kl"] = _masked_mean(_k3_kl(prox_over_behaviour), token_mask)
-    metrics["learner/behaviour_weight"] = _masked_mean(weights, token_mask)
 
-  log_ratio = new - old
+  log_ratio = _group(new - old, ratio_level)
+  unit_mask = jnp.broadcast_to(_per_unit(mask, log_ratio.shape), log_ratio.shape)
+  if weights is None:
+    weights = jnp.ones_like(log_ratio)
+  else:
+    metrics["learner/behaviour_kl"] = _masked_mean(_k3_kl(prox_over_behaviour), unit_mask)
+    metrics["learner/behaviour_weight"] = _masked_mean(weights, unit_mask)
+  high = clip_eps if clip_eps_high is None else clip_eps_high
   ratio = jnp.exp(log_ratio)
-  adv = _per_token(advantages)
-  surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
-  policy_loss = -_masked_mean(weights * surrogate, token_mask)
+  adv = _per_unit(advantages, log_ratio.shape)
+  surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high) * adv)
+  policy_loss = -_masked_mean(weights * surrogate, unit_mask)
 
   log_ratio = jax.lax.stop_gradient(log_ratio)
+  ratio = jnp.exp(log_ratio)
   metrics["learner/policy_loss"] = policy_loss
-  metrics["learner/approx_kl"] = _masked_mean(_k3_kl(log_ratio), token_mask)
-  # Share of tokens whose ratio left the trust region, whatever the advantage sign.
-  clipped = jnp.abs(jnp.exp(log_ratio) - 1.0) > clip_eps
-  metrics["learner/clip_fraction"] = _masked_mean(clipped, token_mask)
+  metrics["learner/approx_kl"] = _masked_mean(_k3_kl(log_ratio), unit_mask)
+  # Share of ratio units that left the trust region, whatever the advantage sign.
+  clipped = (ratio < 1.0 - clip_eps) | (ratio > 1.0 + high)
+  metrics["learner/clip_fraction"] = _masked_mean(clipped, unit_mask)
   return policy_loss, metrics
 
 
@@ -120,19 +155,24 @@ def ppo_loss(
     value_clip_eps: float,
     vf_coef: float,
     ent_coef: float,
+    clip_eps_high: Optional[float] = None,
+    ratio_level: str = "token",
+    policy_coef: jax.Array | float = 1.0,
+    sample_weight: Optional[jax.Array] = None,
     prox_log_probs: Optional[jax.Array] = None,
     behaviour_weight_cap: Optional[float] = None,
     staleness: Optional[jax.Array] = None,
     max_staleness: Optional[int] = None,
     normalize_advantages: bool = True,
 ) -> Tuple[jax.Array, Metrics]:
-  """Token-level clipped PPO loss with value clipping and an entropy bonus.
+  """Clipped PPO loss with value clipping and an entropy bonus.
 
-  `loss = policy_loss + vf_coef * value_loss - ent_coef * entropy`, where
-    * policy_loss = -mean_tokens[w * min(r * A, clip(r, 1 +- clip_eps) * A)],
-      r = exp(new - old), old = proximal log-probs if given else behaviour log-probs,
-      w = stop_grad(min(exp(prox - behaviour), behaviour_weight_cap)) when proximal
-      log-probs are given, else 1;
+  `loss = policy_coef * policy_loss + vf_coef * value_loss - ent_coef * entropy`, where
+    * policy_loss = -mean_units[w * min(r * A, clip(r, 1 - clip_eps, 1 + clip_eps_high) * A)],
+      over ratio units (`ratio_level`: one per chunk, per action or per token), with
+      log r = sum over the unit's tokens of (new - old), old = proximal log-probs if given
+      else behaviour log-probs, w = stop_grad(min(exp(sum(prox - behaviour)),
+      behaviour_weight_cap)) when proximal log-probs are given, else 1;
     * value_loss = mean_samples 0.5 * max((v - R)^2, (v_clip - R)^2), with
       v_clip = v_old + clip(v - v_old, +-value_clip_eps); unclipped if value_clip_eps <= 0;
     * entropy = mean token entropy.
@@ -148,6 +188,10 @@ def ppo_loss(
     value_clip_eps: value-update clip; <= 0 disables value clipping.
     vf_coef: value-loss weight.
     ent_coef: entropy-bonus weight.
+    clip_eps_high: upper ratio clip ("clip-higher"); None = `clip_eps` (symmetric).
+    ratio_level: "chunk", "action" or "token" (see `RATIO_LEVELS`).
+    policy_coef: weight of the policy loss (0 during a critic warm-up; may be traced).
+    sample_weight: optional float `[N]` in {0, 1} multiplying the staleness mask.
     prox_log_probs: float `[N, H, D]` proximal-policy log-probs; defaults to
       `batch.prox_log_probs`. None for plain PPO against the behaviour policy.
     behaviour_weight_cap: truncation of the prox/behaviour weight; None = no cap.
@@ -163,6 +207,8 @@ def ppo_loss(
   if prox_log_probs is None:
     prox_log_probs = batch.prox_log_probs
   mask, metrics = _sample_mask(batch.size, staleness, max_staleness)
+  if sample_weight is not None:
+    mask = mask * jnp.asarray(sample_weight, jnp.float32)
   advantages = jnp.asarray(batch.advantages, jnp.float32)
   if normalize_advantages:
     advantages = _normalise(advantages, mask)
@@ -173,6 +219,8 @@ def ppo_loss(
       advantages,
       mask,
       clip_eps=clip_eps,
+      clip_eps_high=clip_eps_high,
+      ratio_level=ratio_level,
       prox_log_probs=prox_log_probs,
       behaviour_weight_cap=behaviour_weight_cap,
   )
@@ -192,7 +240,7 @@ def ppo_loss(
   )
 
   mean_entropy = _masked_mean(jnp.asarray(entropy, jnp.float32), _per_token(mask))
-  loss = policy_loss + vf_coef * value_loss - ent_coef * mean_entropy
+  loss = policy_coef * (policy_loss - ent_coef * mean_entropy) + vf_coef * value_loss
   metrics.update({
       "learner/value_loss": value_loss,
       "learner/entropy": mean_entropy,
@@ -207,6 +255,9 @@ def grpo_loss(
     batch: PPOBatch,
     *,
     clip_eps: float,
+    clip_eps_high: Optional[float] = None,
+    ratio_level: str = "token",
+    sample_weight: Optional[jax.Array] = None,
     ent_coef: float = 0.0,
     kl_coef: float = 0.0,
     ref_log_probs: Optional[jax.Array] = None,
@@ -228,7 +279,11 @@ def grpo_loss(
     new_log_probs: float `[N, H, D]` current log-probs of `batch.tokens`.
     entropy: float `[N, H, D]` per-token entropy of the current policy.
     batch: `PPOBatch`; `value` and `returns` are ignored.
-    clip_eps: ratio clip.
+    clip_eps: ratio clip (below 1).
+    clip_eps_high: upper ratio clip; None = `clip_eps`.
+    ratio_level: "chunk", "action" or "token" (see `RATIO_LEVELS`).
+    sample_weight: optional float `[N]` in {0, 1}: 0 drops a sample from every mean (GRPO's
+      dynamic sampling drops the groups whose outcomes were all equal).
     ent_coef: entropy-bonus weight.
     kl_coef: weight of the KL penalty to `ref_log_probs`.
     ref_log_probs: float `[N, H, D]` reference-policy log-probs; needed if kl_coef != 0.
@@ -243,12 +298,16 @@ def grpo_loss(
   if prox_log_probs is None:
     prox_log_probs = batch.prox_log_probs
   mask, metrics = _sample_mask(batch.size, staleness, max_staleness)
+  if sample_weight is not None:
+    mask = mask * jnp.asarray(sample_weight, jnp.float32)
   policy_loss, policy_metrics = _policy_surrogate(
       new_log_probs,
       batch,
       jnp.asarray(batch.advantages, jnp.float32),
       mask,
       clip_eps=clip_eps,
+      clip_eps_high=clip_eps_high,
+      ratio_level=ratio_level,
       prox_log_probs=prox_log_probs,
       behaviour_weight_cap=behaviour_weight_cap,
   )

@@ -103,7 +103,7 @@ class Sampler:
       self.steps_in_slot[group] = 0
       self.rollouts[group] += 1
       state = g.start_rollout(state, self._key(_ROLLOUT, group, self.rollouts[group]),
-                              self.comp.config.rl.algo)
+                              steps.first_episode_slots(self.comp.config.rl))
       result = result.replace(obs=state.obs)
     self.states[group] = state
     return result

@@ -31,8 +31,10 @@ class EnvGroup:
   Attributes:
     env: the single-world task env (its `config.num_worlds` is the group's batch size).
     venv: the batched, auto-resetting env (brax wrappers).
-    reset: jitted `(rng) -> env State` for the whole group; with GRPO, consecutive blocks of
-      `rl.group_size` envs share a layout.
+    reset: `(rng, tasks=None) -> env State` (jitted) for the whole group; with GRPO,
+      consecutive blocks of `rl.group_size` envs share a layout (and task). `tasks` (int [B],
+      indices into `envs.resolve_tasks(env.task)`) picks each world's task in a multi-task run
+      and is ignored in a single-task one.
     env_step: jitted `(env State, actions [B, H*D]) -> env State`.
   """
 
@@ -41,13 +43,14 @@ class EnvGroup:
   reset: Callable
   env_step: Callable
 
-  def start_rollout(self, state, rng: jax.Array, algo: str):
+  def start_rollout(self, state, rng: jax.Array, first_episodes: bool):
     """The env state a new rollout slot starts from.
 
-    PPO keeps episodes running and only makes the ones that finish restart from fresh
-    layouts; GRPO restarts every env, so that each slot holds one first episode per env.
+    With `first_episodes` (GRPO, or PPO with `rl.episodic_slots`) every env restarts, so that
+    each slot holds one first episode per env from a fresh layout. Otherwise episodes keep
+    running and only the ones that finish restart, from the fresh layouts drawn here.
     """
-    if algo == "grpo":
+    if first_episodes:
       return self.reset(rng)
     return envs.refresh_reset_states(state, self.reset(rng))
 
@@ -69,7 +72,7 @@ class Components:
     graphdef: the model's static graph.
     optimizer: the optax transformation.
     init_train_state: `(rng) -> TrainState`.
-    reset: jitted `(rng) -> env State` for the whole batch.
+    reset: `(rng, tasks=None) -> env State` for the whole batch (see `EnvGroup`).
     env_step: jitted `(env State, actions [B, H*D]) -> env State`.
     act: jitted `(params, obs, rng) -> ActOutput`.
     act_greedy: jitted `(params, obs) -> ActOutput` at temperature 0 (evaluation).
@@ -145,51 +148,94 @@ def env_config(config, num_worlds: Optional[int] = None) -> envs.EnvConfig:
   return envs.EnvConfig(
       num_worlds=num_worlds or config.env.num_envs, image_size=config.env.image_size,
       episode_length=config.env.episode_length or None, action_horizon=horizon,
-      impl=config.env.impl)
+      impl=config.env.impl, reward_shaping=config.env.reward_shaping,
+      shaping_gamma=config.rl.gamma)
 
 
 def model_config(config, env: envs.TabletopEnv) -> models.VLAConfig:
   """The preset, with image size, chunk shape and proprio size taken from the env, and the
-  compute dtype and remat choice from `config.model`."""
+  compute dtype, remat and action head choices from `config.model`."""
   obs_size = env.observation_size
   return models.get_preset(
       config.model.preset, image_size=env.config.image_size,
       num_cameras=obs_size["image"][0], max_text_len=obs_size["text"][0],
       proprio_dim=obs_size["proprio"][0], action_horizon=env.config.action_horizon,
-      action_dim=env.action_dim, dtype=config.model.dtype, remat=config.model.remat)
+      action_dim=env.action_dim, dtype=config.model.dtype, remat=config.model.remat,
+      action_free_logits=config.model.action_head == "bins")
+
+
+def _value_head_labels(params):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "value" if any(getattr(k, "key", None) == "value_head" for k in path)
+      else "policy", params)
 
 
 def make_optimizer(rl_config) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(rl_config.max_grad_norm),
-                     optax.adam(rl_config.lr))
+  """Adam after a global-norm clip; the value head at `rl_config.value_lr` when that is set.
+
+  The critic of a cloned policy starts from nothing and must fit returns in a few updates,
+  while the policy should move slowly: Adam moves each parameter by about its learning rate
+  per step, so one rate for both either starves the critic or shakes the policy.
+  """
+  clip = optax.clip_by_global_norm(rl_config.max_grad_norm)
+  value_lr = rl_config.get("value_lr", 0.0)
+  if not value_lr:
+    return optax.chain(clip, optax.adam(rl_config.lr))
+  return optax.chain(clip, optax.multi_transform(
+      {"policy": optax.adam(rl_config.lr), "value": optax.adam(value_lr)}, _value_head_labels))
 
 
 _DR_STREAM = 7  # Random stream of the domain-randomisation draw.
 
 
+_TASK_STREAM = 1  # Random stream (of a reset's key) of the task rotation of a multi-task run.
+
+
 def _make_group(config, num_worlds: int) -> EnvGroup:
+  """One env group of `num_worlds` worlds of the run's task spec, with its jitted functions.
+
+  The group's `reset(rng, tasks=None)` lays out every world from `rng`. In a run of several
+  tasks (`env.task` a suite or a list), world i runs `tasks[i]` (an index into
+  `envs.resolve_tasks(env.task)`) when given, else the tasks take turns over the worlds (each
+  as often, up to one) from an offset drawn from `rng`, so every task trains on every reset.
+  With GRPO, each block of `rl.group_size` worlds shares its layout and its task.
+  """
   env = envs.make(config.env.task, env_config(config, num_worlds))
   limit = env.config.episode_length
-  if config.rl.algo == "grpo" and config.rl.rollout_length < limit:
+  if steps.first_episode_slots(config.rl) and config.rl.rollout_length < limit:
+    why = "rl.algo='grpo'" if config.rl.algo == "grpo" else "rl.episodic_slots=True"
     raise config_check.ConfigError(
         f"rl.rollout_length={config.rl.rollout_length} shorter than {config.env.task!r}'s "
-        f"episode of {limit} steps with rl.algo='grpo'; allowed: >= {limit} (every env "
+        f"episode of {limit} steps with {why}; allowed: >= {limit} (every env "
         "finishes an episode)")
+  num_tasks = len(envs.resolve_tasks(config.env.task))
   # Every group draws the same per-world physics and colours (one key per run).
-  venv = randomization.wrap_env(env, config.env.domain_randomization,
+  venv = randomization.wrap_env(envs.TaskFromKey(env) if num_tasks > 1 else env,
+                                config.env.domain_randomization,
                                 jax.random.fold_in(jax.random.key(config.seed), _DR_STREAM))
-  layouts = num_worlds
-  if config.rl.algo == "grpo":
-    layouts = num_worlds // config.rl.group_size
+  share = config.rl.group_size if config.rl.algo == "grpo" else 1
+  layouts = num_worlds // share
 
-  def reset(rng):
+  @jax.jit
+  def reset_tasks(rng, tasks):
     keys = jax.random.split(rng, layouts)
-    if layouts != num_worlds:  # GRPO: each group of envs starts from one shared layout.
-      keys = jnp.repeat(keys, num_worlds // layouts, axis=0)
+    if share > 1:  # GRPO: each group of envs starts from one shared layout.
+      keys = jnp.repeat(keys, share, axis=0)
     # brax's wrappers size their counters from raw uint32 keys, [B, 2].
-    return venv.reset(jax.random.key_data(keys))
+    keys = jax.random.key_data(keys)
+    if num_tasks == 1:
+      return venv.reset(keys)
+    offset = jax.random.randint(jax.random.fold_in(rng, _TASK_STREAM), (), 0, num_tasks)
+    turns = (jnp.arange(num_worlds) // share + offset) % num_tasks
+    return venv.reset(envs.task_keys(keys, jnp.where(tasks < 0, turns, tasks)))
 
-  return EnvGroup(env=env, venv=venv, reset=jax.jit(reset), env_step=jax.jit(venv.step))
+  def reset(rng, tasks=None):
+    # One compiled reset for both: -1 stands for "take turns".
+    if tasks is None:
+      tasks = jnp.full((num_worlds,), -1, jnp.int32)
+    return reset_tasks(rng, jnp.asarray(tasks, jnp.int32))
+
+  return EnvGroup(env=env, venv=venv, reset=reset, env_step=jax.jit(venv.step))
 
 
 def uses_decoupled_ppo(config) -> bool:
@@ -233,7 +279,9 @@ def build(config) -> Components:
       act_greedy=jax.jit(lambda p, o: act_fn(p, o, jax.random.key(0), temperature=0.0)),
       value=jax.jit(functools.partial(steps.value_only, graphdef)),
       update=jax.jit(functools.partial(steps.update, graphdef, optimizer, rl_config=rl_config,
-                                       decoupled=decoupled), donate_argnums=0),
+                                       decoupled=decoupled,
+                                       temperature=config.model.temperature),
+                     donate_argnums=0),
       groups=groups, envs_per_group=per_group, decoupled=decoupled,
       write_step=jax.jit(steps.write_step, donate_argnums=0),
       slot_metrics=jax.jit(steps.slot_metrics),

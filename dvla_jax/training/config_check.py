@@ -16,6 +16,7 @@ a `ConfigError` too.
 """
 
 import dataclasses
+import difflib
 import importlib
 import importlib.util
 import math
@@ -97,17 +98,25 @@ _RULES: dict[str, _Rule] = {
     "env.image_size": _int(ge=32, le=128),
     "env.impl": _choice("warp", "jax"),
     "env.domain_randomization": _Rule(bool),
+    "env.reward_shaping": _float(ge=0, le=1),
     "model.preset": _Rule(str),
     "model.action_horizon": _int(ge=0),
+    "model.action_head": _choice("bins", "gaussian"),
     "model.temperature": _float(gt=0),
     "model.dtype": _choice("float32", "bfloat16"),
     "model.remat": _Rule(bool),
     "rl.algo": _choice("ppo", "grpo"),
     "rl.rollout_length": _int(ge=1),
     "rl.lr": _float(gt=0),
+    "rl.value_lr": _float(ge=0),
     "rl.gamma": _PROBABILITY,
     "rl.gae_lambda": _PROBABILITY,
-    "rl.clip_eps": _float(gt=0),
+    "rl.clip_eps": _float(gt=0, le=1),
+    "rl.clip_eps_high": _float(gt=0),
+    "rl.ratio_level": _choice("chunk", "action", "token"),
+    "rl.target_kl": _float(ge=0),
+    "rl.critic_warmup_iterations": _int(ge=0),
+    "rl.episodic_slots": _Rule(bool),
     "rl.value_clip_eps": _float(ge=0),
     "rl.vf_coef": _float(ge=0),
     "rl.ent_coef": _float(ge=0),
@@ -127,6 +136,7 @@ _RULES: dict[str, _Rule] = {
     "sft.expert_noise": _float(ge=0, le=1),
     "sft.batch_size": _int(ge=1),
     "sft.lr": _float(gt=0),
+    "sft.label_sigma": _float(ge=0),
     "placement.mode": _choice("colocated", "disaggregated"),
     "placement.sim.devices": _int(ge=1),
     "placement.sim.device_ids": _Rule(str),
@@ -149,7 +159,6 @@ _RULES: dict[str, _Rule] = {
     "train.log_every": _int(ge=1),
     "train.eval_every": _int(ge=1),
     "train.eval_episodes": _int(ge=1),
-    "train.eval_greedy": _Rule(bool),
     "train.checkpoint_every": _int(ge=1),
     "train.keep_checkpoints": _int(ge=1),
     "train.max_bad_updates": _int(ge=1),
@@ -207,14 +216,56 @@ def _check_name(path: str, value: str, names: NameSource) -> None:
     raise ConfigError(f"{path}={value!r} unknown; allowed: {', '.join(sorted(allowed))}")
 
 
+_SUITE_PREFIX = "suite:"  # As `dvla_jax.envs.SUITE_PREFIX`.
+
+
+def _check_task_spec(path: str, spec: str, names: NameSource) -> None:
+  """A task spec as `dvla_jax.envs.resolve_tasks` reads it: a task, `suite:<suite>`, or a
+  comma-separated list of suite tasks.
+
+  `names` maps each task to its suite ("" for a stand-alone task); a plain list of names
+  allows checking the names only.
+  """
+  allowed = _resolve(names)
+  if allowed is None:
+    return
+  suite_of = allowed if isinstance(allowed, Mapping) else None
+  if spec.startswith(_SUITE_PREFIX):
+    if suite_of is None:
+      return
+    suites = sorted({suite for suite in suite_of.values() if suite})
+    if spec[len(_SUITE_PREFIX):] not in suites:
+      listed = ", ".join(_SUITE_PREFIX + suite for suite in suites)
+      raise ConfigError(f"{path}={spec!r}: unknown suite; allowed: {listed}, a task name, or "
+                        "suite tasks separated by commas")
+    return
+  if "," not in spec:
+    _check_name(path, spec, allowed)
+    return
+  parts = [part.strip() for part in spec.split(",")]
+  suite_tasks = sorted(n for n in allowed if suite_of is None or suite_of[n])
+  for part in parts:
+    if part not in allowed:
+      close = difflib.get_close_matches(part, suite_tasks, n=3, cutoff=0.3) or suite_tasks[:3]
+      raise ConfigError(f"{path}={spec!r}: unknown task {part!r}; allowed: suite tasks "
+                        f"separated by commas (closest: {', '.join(close)})")
+    if suite_of is not None and not suite_of[part]:
+      raise ConfigError(f"{path}={spec!r}: {part!r} is not a suite task; allowed in a list: "
+                        "suite tasks (they share one scene), or a single task")
+  if len(set(parts)) != len(parts):
+    raise ConfigError(f"{path}={spec!r} repeats a task; allowed: each task once")
+
+
 def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = None,
              known_presets: NameSource = None) -> None:
   """Checks every field against the rules; raises ConfigError for the first violation.
 
   Args:
     config: the full config tree (as built by `default_config.get_config()`).
-    known_tasks: allowed `env.task` names, or a function returning them (called only
-      after the cheap checks pass); None skips the check.
+    known_tasks: allowed task names, or a function returning them (called only after the
+      cheap checks pass); None skips the check. A mapping task -> suite ("" for a
+      stand-alone task, as `registered_tasks` returns) also checks `suite:<suite>` specs and
+      that a list of tasks holds suite tasks only.
     known_presets: allowed `model.preset` names, same conventions as `known_tasks`.
 
   Raises:
@@ -235,12 +286,13 @@ def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = Non
       what = "not a choice" if rule.choices is not None else "out of range"
       raise ConfigError(f"{path}={value!r} {what}; allowed: {rule.describe()}")
   if not flat["env.task"]:
-    raise ConfigError("env.task='' is empty; allowed: a registered task name")
+    raise ConfigError("env.task='' is empty; allowed: a registered task name, suite:<suite>, "
+                      "or suite tasks separated by commas")
 
   _check_batches(flat)
   _check_placement(flat)
 
-  _check_name("env.task", flat["env.task"], known_tasks)
+  _check_task_spec("env.task", flat["env.task"], known_tasks)
   _check_name("model.preset", flat["model.preset"], known_presets)
 
 
@@ -274,11 +326,13 @@ def _check_batches(flat: Mapping[str, Any]) -> None:
     if per_group % size:
       raise ConfigError(f"rl.group_size={size} does not divide the envs per env group "
                         f"({per_group}); allowed: {_divisors_text(per_group)}")
+  if flat["rl.algo"] == "grpo" or flat["rl.episodic_slots"]:
     # (With env.episode_length=0 the task's default is known only to the env; the builder
     # checks it there.)
+    why = "rl.algo='grpo'" if flat["rl.algo"] == "grpo" else "rl.episodic_slots=True"
     if flat["rl.rollout_length"] < flat["env.episode_length"]:
       raise ConfigError(f"rl.rollout_length={flat['rl.rollout_length']} shorter than "
-                        f"env.episode_length={flat['env.episode_length']} with rl.algo='grpo'; "
+                        f"env.episode_length={flat['env.episode_length']} with {why}; "
                         "allowed: >= env.episode_length (every env finishes an episode)")
 
 
@@ -375,11 +429,15 @@ def _optional_module(name: str):
     raise
 
 
-def registered_tasks() -> Optional[list[str]]:
-  """Task names from `dvla_jax.envs.registry.list_tasks()`; None if there is no registry."""
+def registered_tasks() -> Optional[dict[str, str]]:
+  """Task name -> suite ("" for a stand-alone task) from `dvla_jax.envs.registry`; None if
+  there is no registry."""
   registry = _optional_module("dvla_jax.envs.registry")
   list_tasks = getattr(registry, "list_tasks", None)
-  return list(list_tasks()) if list_tasks else None
+  task_suite = getattr(registry, "task_suite", None)
+  if not list_tasks:
+    return None
+  return {name: task_suite(name) if task_suite else "" for name in list_tasks()}
 
 
 def model_presets() -> Optional[list[str]]:

@@ -11,7 +11,10 @@ Fields:
     (the four swimlanes: sampling, inference, gradient and distribution threads). Both run the
     same compiled functions.
 
-  env.task: a task name from the registry (`python -m dvla_jax.envs --list`).
+  env.task: what the run trains on: a task name from the registry (`python -m dvla_jax.envs
+    --list`), `suite:<suite>` (every task of a suite: spatial, object, goal, long) or suite
+    task names separated by commas. Several tasks run in one env (one compiled scene), the
+    tasks taking turns over its worlds; evaluations report each task's success too.
   env.num_envs: parallel environments in total (N), split evenly over the env groups; in a
     run of several processes, each process's (an update learns from every process's slot).
   env.episode_length: policy steps per episode (each step executes one action chunk); 0 takes
@@ -20,10 +23,21 @@ Fields:
   env.impl: MJX implementation, "warp" (fast, renders) or "jax".
   env.domain_randomization: per-world friction, mass, colours and lighting through brax's
     DomainRandomizationVmapWrapper (`dvla_jax/envs/randomization.py`).
+  env.reward_shaping: 0 (default) = the sparse success reward: 1 on the step that succeeds
+    (which ends the episode), else 0. k in (0, 1] adds potential-based shaping
+    gamma * phi(s') - phi(s), phi = -k * the task's distance to its goal in metres (0 after
+    success), with gamma = rl.gamma: it cannot change the optimal policy, and over an episode
+    it adds less than the +1 of success (`dvla_jax/envs/mjx_env.py` EnvConfig).
 
   model.preset: size preset (`tiny`, `small`, ...); see `dvla_jax.models`.
   model.action_horizon: H, steps per action chunk (0 = the preset's).
-  model.temperature: sampling temperature of the action tokens during rollouts.
+  model.action_head: "bins" (free logits per bin plus an ordinal Gaussian prior) or "gaussian"
+    (the prior alone: each action token is a discretised Gaussian over the 256 bins with a
+    predicted mean and width, floored; see `VLAConfig.action_free_logits`). Either way the
+    actions are 256-bin tokens with per-token log-probs.
+  model.temperature: sampling temperature of the action tokens during rollouts (and of the
+    sampled evaluation). Every log-prob PPO/GRPO uses (behaviour, proximal, learner) and the
+    entropy are of softmax(logits / temperature).
   model.dtype: compute dtype, "float32" or "bfloat16"; parameters and optimizer state stay
     float32 (master weights), logits and values are computed in float32.
   model.remat: rematerialise the trunk blocks in the backward pass (less activation memory,
@@ -32,9 +46,24 @@ Fields:
   rl.algo: "ppo" (GAE with the value head) or "grpo" (group-normalised episode returns, no
     critic; envs in blocks of `rl.group_size` share a layout).
   rl.rollout_length: T, policy steps per env per rollout slot (one learner update each).
-  rl.lr: Adam learning rate.
+  rl.lr: Adam learning rate (of everything but the value head when rl.value_lr is set).
+  rl.value_lr: Adam learning rate of the value head (0 = rl.lr).
   rl.gamma, rl.gae_lambda: discount and GAE lambda.
-  rl.clip_eps: PPO ratio clip.
+  rl.clip_eps: PPO ratio clip below 1 (the ratio is clipped to [1 - clip_eps,
+    1 + clip_eps_high]).
+  rl.clip_eps_high: PPO ratio clip above 1 ("clip-higher": larger than clip_eps leaves more
+    room to raise rare good actions).
+  rl.ratio_level: what one importance ratio covers: "chunk" (the whole H x D action chunk the
+    env executed; its log-ratio is the sum of its tokens'), "action" (each of the H steps) or
+    "token" (each of the H x D tokens).
+  rl.target_kl: stop an update early (skip its remaining minibatches) once a minibatch's
+    approx-KL exceeds 1.5 x target_kl (0 = off).
+  rl.critic_warmup_iterations: PPO's first updates train the value head only (policy loss
+    weight 0, trunk frozen), so that policy updates start from a fitted critic.
+  rl.episodic_slots: PPO: every rollout slot restarts all envs from fresh layouts and learns
+    from each env's first episode only (GRPO always does), so that a layout solved in a few
+    steps is not replayed and counted many times per slot; needs rl.rollout_length >= the
+    episode length. False: episodes run on across slots and finished ones restart.
   rl.value_clip_eps: clip of the value update (0 disables value clipping).
   rl.vf_coef, rl.ent_coef: loss weights of the value loss and entropy bonus.
   rl.update_epochs, rl.num_minibatches: passes over the rollout and minibatches per pass.
@@ -49,7 +78,7 @@ Fields:
     dropped from the loss (-1 = keep all).
   rl.group_size: G, GRPO group size (envs that share a layout).
   rl.warmstart_steps: behaviour-cloning steps on the task's scripted expert at the start of a
-    fresh run (no checkpoint, no `rl.init_from`), after the iteration-0 evaluation; uses the
+    fresh run (no checkpoint, no `rl.init_from`), before the iteration-0 evaluation; uses the
     `sft.*` settings (see `dvla_jax/training/warmstart.py`). 0 = off.
   rl.init_from: warm start, e.g. from an SFT run: a workdir (or its checkpoints directory)
     whose newest `params` item initialises the policy when this run's workdir has no
@@ -57,13 +86,16 @@ Fields:
 
   sft.demos: demonstrations written by `tools/write_demos.py` for this task and env settings;
     "" records them in-process with the task's scripted expert before training.
-  sft.episodes: demonstration episodes trained on (the first ones). Recorded in-process, an
-    "episode" is a row of env.episode_length expert steps of one env, which holds several
-    episodes when the expert finishes early (the env resets itself).
-  sft.holdout_episodes: episodes after those, held out for `sft/holdout_loss`.
+  sft.episodes: demonstration episodes trained on (the first ones), per task when env.task
+    names several. Recorded in-process, an "episode" is a row of env.episode_length expert
+    steps of one env, which holds several episodes when the expert finishes early (the env
+    resets itself).
+  sft.holdout_episodes: episodes after those (per task), held out for `sft/holdout_loss`.
   sft.expert_noise: std of the noise added to the actions the expert executes while
     recording (the labels stay the clean expert actions), so the demonstrations show recoveries.
   sft.batch_size: demonstration steps per gradient step.
+  sft.label_sigma: ordinal label smoothing: each demonstrated token's target is a discretised
+    Gaussian this many bins wide around its bin (0 = the bin alone; see `sft.token_loss`).
   sft.lr: Adam learning rate (the gradient clip is `rl.max_grad_norm`).
 
   placement.mode: "colocated" (every plane on the same devices; automatic device ids start
@@ -95,10 +127,8 @@ Fields:
   train.log_every: iterations between metric writes.
   train.eval_every: iterations between evaluations (also evaluated at 0 and at the end).
   train.eval_episodes: fresh episodes per evaluation (a multiple of the envs per group is
-    fastest).
-  train.eval_greedy: evaluate the argmax token per dimension instead of sampling the policy
-    at `model.temperature` (sampling is the default: argmax over 256 free bins picks
-    single-bin spikes and under-reports what the policy does).
+    fastest). Each is played twice, sampling at `model.temperature` (`eval/success_rate`)
+    and taking the argmax token (`eval/greedy_success_rate`).
   train.checkpoint_every: iterations between checkpoints (also saved at the end).
   train.keep_checkpoints: how many checkpoints to keep.
   train.max_bad_updates: this many skipped (non-finite) updates in a row halt the run.
@@ -132,10 +162,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.env.image_size = 32
   config.env.impl = "warp"
   config.env.domain_randomization = False
+  config.env.reward_shaping = 0.0
 
   config.model = ml_collections.ConfigDict()
   config.model.preset = "small"
   config.model.action_horizon = 0
+  config.model.action_head = "bins"
   config.model.temperature = 1.0
   config.model.dtype = "float32"
   config.model.remat = False
@@ -144,12 +176,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.rl.algo = "ppo"
   config.rl.rollout_length = 16
   config.rl.lr = 3e-4
-  config.rl.gamma = 0.95
-  config.rl.gae_lambda = 0.9
+  config.rl.value_lr = 3e-3
+  config.rl.gamma = 0.99
+  config.rl.gae_lambda = 0.95
   config.rl.clip_eps = 0.2
-  config.rl.value_clip_eps = 0.2
+  config.rl.clip_eps_high = 0.28
+  config.rl.ratio_level = "chunk"
+  config.rl.target_kl = 0.0
+  config.rl.critic_warmup_iterations = 0
+  config.rl.episodic_slots = False
+  config.rl.value_clip_eps = 0.0
   config.rl.vf_coef = 0.5
-  config.rl.ent_coef = 0.003
+  config.rl.ent_coef = 0.0
   config.rl.update_epochs = 2
   config.rl.num_minibatches = 4
   config.rl.max_grad_norm = 1.0
@@ -168,6 +206,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sft.expert_noise = 0.3
   config.sft.batch_size = 64
   config.sft.lr = 1e-3
+  config.sft.label_sigma = 0.0
 
   config.placement = ml_collections.ConfigDict()
   config.placement.mode = "colocated"
@@ -189,7 +228,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 5
   config.train.eval_every = 25
   config.train.eval_episodes = 64
-  config.train.eval_greedy = False
   config.train.checkpoint_every = 25
   config.train.keep_checkpoints = 2
   config.train.max_bad_updates = 3

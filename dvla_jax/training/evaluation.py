@@ -1,4 +1,11 @@
-"""Evaluation: success rate and return of the policy on fresh episodes."""
+"""Evaluation: success rate and return of the policy on fresh episodes, per task.
+
+Every evaluation plays the same episodes twice: with the policy's tokens sampled at
+`model.temperature` (the policy RL trains, reported as `eval/success_rate`) and with the
+argmax token per dimension (`eval/greedy_success_rate`). Argmax over 256 free bins picks
+single-bin spikes, so the two can differ a lot, and both say something: sampling what the
+trained policy does, argmax what its mode does.
+"""
 
 import math
 
@@ -6,61 +13,88 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvla_jax import envs
 from dvla_jax.training.builders import Components
+
+# Steps between checks that every world has finished (each check waits for the device).
+_DONE_CHECK_EVERY = 4
 
 
 def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int) -> dict[str, float]:
   """Runs ceil(num_episodes / num_envs) rounds of one episode per env from fresh layouts.
 
-  Only the first episode of each env counts (later ones are auto-resets). The policy samples
-  its tokens at `model.temperature`, or takes the argmax when `train.eval_greedy` is set.
+  Only the first episode of each env counts (later ones are auto-resets); it ends at its
+  first success or at the episode limit. In a run of several tasks, episode e (env e % B of
+  round e // B) runs task e % num_tasks, so the tasks get equal shares (up to one episode).
+  The sampled and the argmax policy play the same layouts.
 
   Args:
     comp: the run's components.
     params: policy parameters.
-    rng: key for the layouts; the same key gives the same episodes.
+    rng: key for the layouts and sampled actions; the same key gives the same episodes.
     num_episodes: episodes to score (rounded up to a multiple of the batch).
 
   Returns:
-    {"eval/success_rate", "eval/episode_return", "eval/episode_length", "eval/episodes"}.
+    "eval/success_rate" (sampled actions; with several tasks the mean of the per-task rates),
+    "eval/greedy_success_rate" (argmax actions, likewise), "eval/episode_return",
+    "eval/episode_length" (sampled), "eval/episodes", and with several tasks
+    "eval/<task>/success_rate" and "eval/<task>/greedy_success_rate" for each task.
   """
+  names = envs.resolve_tasks(comp.config.env.task)
   num_envs = comp.config.env.num_envs
   rounds = max(1, math.ceil(num_episodes / num_envs))
-  success, ret, length = [], [], []
+  sampled, greedy = [], []
   for r in range(rounds):
-    s, g, n = _episode(comp, params, jax.random.fold_in(rng, r))
-    success.append(s)
-    ret.append(g)
-    length.append(n)
-  success, ret, length = (np.concatenate(jax.device_get(x)) for x in (success, ret, length))
+    round_rng = jax.random.fold_in(rng, r)
+    tasks = (r * num_envs + np.arange(num_envs)) % len(names)
+    sampled.append(_episode(comp, params, round_rng, tasks, greedy=False))
+    greedy.append(_episode(comp, params, round_rng, tasks, greedy=True))
+  sampled, greedy = (jax.tree.map(lambda *x: np.concatenate(x), *jax.device_get(runs))
+                     for runs in (sampled, greedy))
+  task = np.arange(rounds * num_envs) % len(names)
+  rates = {"success_rate": [], "greedy_success_rate": []}
+  out = {}
+  for i, name in enumerate(names):
+    for key, (success, _, _) in zip(rates, (sampled, greedy), strict=True):
+      rate = float(success[task == i].mean())
+      rates[key].append(rate)
+      if len(names) > 1:
+        out[f"eval/{name}/{key}"] = rate
+  success, ret, length = sampled
   return {
-      "eval/success_rate": float(success.mean()),
+      "eval/success_rate": float(np.mean(rates["success_rate"])),
+      "eval/greedy_success_rate": float(np.mean(rates["greedy_success_rate"])),
       "eval/episode_return": float(ret.mean()),
       "eval/episode_length": float(length.mean()),
       "eval/episodes": int(success.size),
+      **out,
   }
 
 
-def _episode(comp: Components, params, rng):
+def _episode(comp: Components, params, rng, tasks: np.ndarray, greedy: bool):
+  """(success, return, length), float [B] each, of one episode per env."""
   reset_rng, act_rng = jax.random.split(rng)
-  state = comp.reset(reset_rng)
+  state = comp.reset(reset_rng, jnp.asarray(tasks, jnp.int32))
   active = jnp.ones((comp.config.env.num_envs,), jnp.float32)
   success = jnp.zeros_like(active)
   ret = jnp.zeros_like(active)
   length = jnp.zeros_like(active)
   for t in range(comp.env.config.episode_length):
-    if comp.config.train.eval_greedy:
+    if greedy:
       out = comp.act_greedy(params, state.obs)
     else:
       out = comp.act(params, state.obs, jax.random.fold_in(act_rng, t))
     state = comp.env_step(state, out.actions)
     success, ret, length, active = _accumulate(
         success, ret, length, active, state.metrics["success"], state.reward, state.done)
+    if (t + 1) % _DONE_CHECK_EVERY == 0 and not bool(jnp.any(active > 0)):
+      break
   return success, ret, length
 
 
 @jax.jit
 def _accumulate(success, ret, length, active, step_success, reward, done):
+  # Success ends an episode (done), so an active env's success counts once.
   success = success + active * step_success
   ret = ret + active * reward
   length = length + active

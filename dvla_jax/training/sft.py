@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from dvla_jax import envs
 from dvla_jax import models
 from dvla_jax import parallel
 from dvla_jax.envs import demos as demos_lib
@@ -49,26 +50,43 @@ _INIT, _EVAL, _DEMOS = 0, 3, 4
 DEMOS_FILE = "demos.npz"
 
 
-def token_loss(graphdef, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+def token_loss(graphdef, params, batch, label_sigma: float = 0.0
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Cross-entropy of the demonstrated action tokens under the policy.
+
+  With `label_sigma` > 0 the target of each token is a discretised Gaussian of that many bins
+  around the demonstrated bin (ordinal label smoothing) instead of the bin alone. Few
+  demonstrations otherwise teach single-bin spikes: the cloned policy's log-probs then swing
+  wildly under small parameter changes, and sampling it explores nothing around the spike.
+  `loss` is the cross-entropy against those targets; `nll` is always the demonstrated bin's.
 
   Args:
     graphdef: the model's static graph.
     params: policy parameters.
     batch: {"obs": {...}, "tokens": int [B, H, D]}.
+    label_sigma: target width in bins (0 = the demonstrated bin alone).
 
   Returns:
-    (mean loss, {"loss", "token_accuracy"}).
+    (mean loss, {"loss", "nll", "token_accuracy"}).
   """
   logits, _ = nnx.merge(graphdef, params)(batch["obs"])
-  loss = -jnp.mean(models.token_log_probs(logits, batch["tokens"]))
+  nll = -jnp.mean(models.token_log_probs(logits, batch["tokens"]))
+  if label_sigma > 0:
+    bins = jnp.arange(logits.shape[-1], dtype=jnp.float32)
+    target = jax.nn.softmax(
+        -0.5 * jnp.square((bins - batch["tokens"][..., None]) / label_sigma), axis=-1)
+    loss = -jnp.mean(jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+  else:
+    loss = nll
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["tokens"])
-  return loss, {"loss": loss, "token_accuracy": accuracy}
+  return loss, {"loss": loss, "nll": nll, "token_accuracy": accuracy}
 
 
-def sft_step(graphdef, optimizer: optax.GradientTransformation, state, batch):
+def sft_step(graphdef, optimizer: optax.GradientTransformation, state, batch,
+             label_sigma: float = 0.0):
   """One behaviour-cloning step (jit it donating `state`); returns (state, metrics)."""
-  grad_fn = jax.value_and_grad(functools.partial(token_loss, graphdef), has_aux=True)
+  grad_fn = jax.value_and_grad(functools.partial(token_loss, graphdef, label_sigma=label_sigma),
+                               has_aux=True)
   (_, metrics), grads = grad_fn(state.params, batch)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   metrics["grad_norm"] = optax.global_norm(grads)
@@ -86,17 +104,23 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
   steps holds several episodes, and every step is an expert decision worth imitating. Rows in
   which the expert ran out of time are dropped.
 
+  In a run of several tasks (`env.task` a suite or a list) every task gets `num_rows` rows:
+  recorded row g runs task g % num_tasks and is that task's row g // num_tasks, which is what
+  `row` holds, so "the first n rows" is the first n of each task.
+
   Args:
     comp: the run's components (env group 0 plays, `envs_per_group` rows at a time).
     rng: layouts and action noise.
-    num_rows: rows to record.
+    num_rows: rows to record (per task).
     noise: std of Gaussian noise added to the executed actions (the labels stay the expert's
       clean actions), so that the demonstrations also show how to recover from errors.
 
   Returns:
-    Flat steps (see `demo_steps`).
+    Flat steps (see `demo_steps`), plus `task` int32 [M] (the step's index into
+    `envs.resolve_tasks(env.task)`).
   """
   env, mc = comp.env, comp.model_config
+  num_tasks = len(envs.resolve_tasks(comp.config.env.task))
   tok = models.ActionTokenizer([-1.0] * mc.action_dim, [1.0] * mc.action_dim, mc.num_bins)
 
   @jax.jit
@@ -107,9 +131,12 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
     return jnp.reshape(tokens, action.shape), executed
 
   parts = []
-  for r in range(-(-num_rows // comp.envs_per_group)):
+  total = num_rows * num_tasks
+  for r in range(-(-total // comp.envs_per_group)):
     reset_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, r))
-    state = comp.reset(reset_rng)
+    recorded = np.arange(comp.envs_per_group) + r * comp.envs_per_group
+    task = recorded % num_tasks
+    state = comp.reset(reset_rng, jnp.asarray(task, jnp.int32))
     steps = []
     for t in range(env.config.episode_length):
       tokens, executed = expert(state, jax.random.fold_in(noise_rng, t))
@@ -117,11 +144,11 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
       state = comp.env_step(state, executed)
       steps.append(jax.device_get((obs, tokens, state.done, state.metrics["success"])))
     obs, tokens, done, success = jax.tree.map(lambda *x: np.stack(x, axis=1), *steps)
-    rows = np.arange(done.shape[0]) + r * comp.envs_per_group
     parts.append(dict(obs, action_tokens=tokens,
-                      row=np.broadcast_to(rows[:, None], done.shape),
-                      keep=(rows < num_rows)[:, None] & ~np.any((done > 0) & (success == 0),
-                                                                axis=1, keepdims=True)
+                      row=np.broadcast_to((recorded // num_tasks)[:, None], done.shape),
+                      task=np.broadcast_to(task[:, None], done.shape),
+                      keep=(recorded < total)[:, None] & ~np.any((done > 0) & (success == 0),
+                                                                 axis=1, keepdims=True)
                       & np.ones(done.shape, bool)))
   flat = {k: np.concatenate([p[k].reshape((-1,) + p[k].shape[2:]) for p in parts])
           for k in parts[0]}
@@ -131,8 +158,8 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
 
 def _typed(steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   types = {"image": np.uint8, "text": np.int32, "proprio": np.float32,
-           "action_tokens": np.int32, "row": np.int32}
-  return {k: np.ascontiguousarray(steps[k], types[k]) for k in types}
+           "action_tokens": np.int32, "row": np.int32, "task": np.int32}
+  return {k: np.ascontiguousarray(steps[k], types[k]) for k in types if k in steps}
 
 
 def demo_steps(demos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -289,6 +316,10 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
   abstract = jax.eval_shape(comp.init_train_state, init_rng)
   train_state = jax.jit(comp.init_train_state,
                         out_shardings=placement.state_shardings(abstract, "learner"))(init_rng)
+  # Cloning has its own optimizer (one learning rate; the RL one may split off the critic).
+  optimizer = builders.make_optimizer(ml_collections.ConfigDict(
+      {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))
+  train_state = train_state.replace(opt_state=jax.jit(optimizer.init)(train_state.params))
   latest = ckpt.latest_step()
   if latest is not None:
     meta = ckpt.metadata(latest)
@@ -315,9 +346,8 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
         "sft.holdout_episodes, or a smaller sft.batch_size")
   holdout_batch = min(batch_size, len(holdout["row"]))
 
-  optimizer = builders.make_optimizer(ml_collections.ConfigDict(
-      {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))
-  step_fn = jax.jit(functools.partial(sft_step, comp.graphdef, optimizer), donate_argnums=0)
+  step_fn = jax.jit(functools.partial(sft_step, comp.graphdef, optimizer,
+                                      label_sigma=config.sft.label_sigma), donate_argnums=0)
   loss_fn = jax.jit(functools.partial(token_loss, comp.graphdef))
   eval_device = placement.sim_device(0)
   eval_comp = comp.for_group(comp.eval_group(separate=False))

@@ -45,7 +45,8 @@ def act(graphdef, params, obs, rng, *, temperature: float, tokenizer: models.Act
   model = nnx.merge(graphdef, params)
   logits, value = model(obs)
   tokens = models.sample_tokens(logits, rng, temperature)
-  log_probs = models.token_log_probs(logits, tokens)
+  # The behaviour log-probs of the policy that was sampled: softmax(logits / temperature).
+  log_probs = models.token_log_probs(logits, tokens, temperature)
   actions = tokenizer.decode(tokens)
   return ActOutput(tokens=tokens, log_probs=log_probs, value=value,
                    actions=jnp.reshape(actions, (actions.shape[0], -1)))
@@ -56,46 +57,84 @@ def value_only(graphdef, params, obs) -> jax.Array:
   return nnx.merge(graphdef, params)(obs)[1]
 
 
-def _policy_objective(params, graphdef, batch: rl.PPOBatch, learner_version, rl_config):
+def _policy_objective(params, graphdef, batch: rl.PPOBatch, sample_weight, learner_version,
+                      policy_coef, rl_config, temperature):
   model = nnx.merge(graphdef, params)
   logits, values = model(batch.obs)
-  log_probs = models.token_log_probs(logits, batch.tokens)
-  entropy = models.token_entropy(logits)
-  off_policy = dict(
-      staleness=learner_version - batch.version,
+  log_probs = models.token_log_probs(logits, batch.tokens, temperature)
+  entropy = models.token_entropy(logits, temperature)
+  common = dict(
+      clip_eps=rl_config.clip_eps, clip_eps_high=rl_config.clip_eps_high,
+      ratio_level=rl_config.ratio_level, sample_weight=sample_weight,
+      ent_coef=rl_config.ent_coef, staleness=learner_version - batch.version,
       max_staleness=None if rl_config.max_staleness < 0 else rl_config.max_staleness,
       behaviour_weight_cap=rl_config.behaviour_weight_cap or None)
   if rl_config.algo == "grpo":
-    return rl.grpo_loss(log_probs, entropy, batch, clip_eps=rl_config.clip_eps,
-                        ent_coef=rl_config.ent_coef, **off_policy)
-  return rl.ppo_loss(
-      log_probs, values, entropy, batch,
-      clip_eps=rl_config.clip_eps, value_clip_eps=rl_config.value_clip_eps,
-      vf_coef=rl_config.vf_coef, ent_coef=rl_config.ent_coef, **off_policy)
+    return rl.grpo_loss(log_probs, entropy, batch, **common)
+  return rl.ppo_loss(log_probs, values, entropy, batch, value_clip_eps=rl_config.value_clip_eps,
+                     vf_coef=rl_config.vf_coef, policy_coef=policy_coef, **common)
+
+
+def first_episode_slots(rl_config) -> bool:
+  """Whether every rollout slot restarts all envs and learns from each env's first episode.
+
+  GRPO always does (a group's members must start together). PPO does with
+  `rl.episodic_slots`: when finished episodes restart within a slot, they restart from the
+  layout drawn for that env at the slot's start, so a layout the policy solves in a few steps
+  is replayed many times per slot and easy layouts dominate the batch; first episodes weigh
+  every layout once.
+  """
+  return rl_config.algo == "grpo" or rl_config.episodic_slots
+
+
+def _first_episode(done: jax.Array) -> jax.Array:
+  """[T, B] 1.0 where step t belongs to env b's first episode of the slot."""
+  done = done.astype(jnp.float32)
+  # No episode ended before step t (exclusive).
+  return jnp.concatenate([jnp.ones_like(done[:1]), jnp.cumprod(1.0 - done, axis=0)[:-1]])
+
+
+def _value_head_only(grads, policy_coef):
+  """During a critic warm-up (`policy_coef` 0) only the value head learns: the value loss's
+  gradient through the shared trunk would otherwise move the cloned policy (Adam steps every
+  parameter by about the learning rate, however small its gradient)."""
+  def mask(path, g):
+    if any(getattr(k, "key", None) == "value_head" for k in path):
+      return g
+    return g * policy_coef
+  return jax.tree_util.tree_map_with_path(mask, grads)
 
 
 def _grpo_advantages(rollout: rl.Transition, rewards: jax.Array, group_size: int):
-  """Group-normalised return of each env's first episode in the slot, on that episode's steps.
+  """Group-normalised success of each env's first episode in the slot, on that episode's steps.
+
+  Dynamic sampling (SimpleVLA-RL): a group whose episodes all succeeded or all failed carries
+  no signal (its advantages are 0), so its samples are dropped from the loss's means rather
+  than diluting them; so are the steps after each env's first episode.
 
   Returns:
-    (advantages [T, B], outcome [B]); steps after the first episode get advantage 0.
+    (advantages [T, B], sample weight [T, B] in {0, 1}, outcome [B], kept-group fraction).
   """
-  done = rollout.done.astype(jnp.float32)
-  # alive[t]: no episode ended before step t (exclusive), so step t belongs to the first one.
-  alive = jnp.concatenate([jnp.ones_like(done[:1]), jnp.cumprod(1.0 - done, axis=0)[:-1]])
-  outcome = jnp.sum(alive * rewards, axis=0)
-  return alive * rl.grpo_advantages(outcome, group_size)[None], outcome
+  alive = _first_episode(rollout.done)
+  # Binary outcome: did the first episode succeed (any positive reward in it)?
+  outcome = (jnp.sum(alive * (rewards > 0), axis=0) > 0).astype(jnp.float32)
+  groups = outcome.reshape(-1, group_size)
+  mixed = (jnp.max(groups, axis=1) > jnp.min(groups, axis=1)).astype(jnp.float32)
+  weight = alive * jnp.repeat(mixed, group_size)[None]
+  return alive * rl.grpo_advantages(outcome, group_size)[None], weight, outcome, jnp.mean(mixed)
 
 
-def _proximal_log_probs(graphdef, params, batch: rl.PPOBatch, num_chunks: int) -> jax.Array:
-  """Log-probs of the batch's tokens under `params`, in `num_chunks` forward passes."""
+def _proximal_log_probs(graphdef, params, batch: rl.PPOBatch, num_chunks: int,
+                        temperature) -> jax.Array:
+  """Log-probs of the batch's tokens under `params` at the sampling temperature, in
+  `num_chunks` forward passes."""
 
   def chunk(x):
     return jnp.reshape(x, (num_chunks, -1) + x.shape[1:])
 
   def score(mb):
     logits, _ = nnx.merge(graphdef, params)(mb["obs"])
-    return models.token_log_probs(logits, mb["tokens"])
+    return models.token_log_probs(logits, mb["tokens"], temperature)
 
   log_probs = jax.lax.map(score, {"obs": jax.tree.map(chunk, batch.obs),
                                   "tokens": chunk(batch.tokens)})
@@ -108,14 +147,24 @@ def _all_finite(tree) -> jax.Array:
 
 def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
            rollout: rl.Transition, bootstrap_value: jax.Array, rng: jax.Array, *, rl_config,
-           decoupled: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+           decoupled: bool = False, temperature: float = 1.0
+           ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One learner update on a full rollout slot: advantages, then epochs x shuffled minibatches.
 
   PPO uses GAE with the value head; GRPO (`rl_config.algo == "grpo"`) uses the
-  group-normalised return of each env's first episode. With `decoupled`, the proximal
-  policy is the learner's weights at the start of this update: the rollout is scored under
-  them first, and the loss corrects for the (possibly older) behaviour policy with a truncated
-  importance weight; samples staler than `rl_config.max_staleness` versions are dropped.
+  group-normalised success of each env's first episode, and drops groups whose outcomes were
+  all equal. With `decoupled`, the proximal policy is the learner's weights at the start of
+  this update: the rollout is scored under them first, and the loss corrects for the (possibly
+  older) behaviour policy with a truncated importance weight; samples staler than
+  `rl_config.max_staleness` versions are dropped.
+
+  PPO's first `rl_config.critic_warmup_iterations` updates train the value head only (policy
+  loss weight 0, every other gradient zero), so that the first policy updates see advantages
+  from a fitted critic. With `rl_config.episodic_slots`, only each env's first episode in the
+  slot is learnt from (see `first_episode_slots`). With
+  `rl_config.target_kl > 0` the update stops early, skipping the remaining minibatches of
+  all epochs, once a minibatch's approx-KL to the proximal (or behaviour) policy exceeds
+  1.5 x target_kl; `learner/minibatches_applied` is the fraction applied.
 
   If the loss or any gradient is not finite in any minibatch, the whole update is skipped
   (parameters and optimizer state come back unchanged) and `learner/skipped` is 1; `step`
@@ -130,16 +179,22 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
     rng: shuffling key.
     rl_config: the `rl` config block (static).
     decoupled: compute proximal log-probs (static).
+    temperature: the sampling temperature of the rollouts (static): every log-prob and the
+      entropy are of softmax(logits / temperature).
 
   Returns:
     The new state and a dict of scalar metrics (means over minibatches).
   """
   rewards = rollout.reward * rl_config.reward_scale
   extra = {}
+  t, b = rollout.reward.shape[:2]
   if rl_config.algo == "grpo":
-    advantages, outcome = _grpo_advantages(rollout, rewards, rl_config.group_size)
+    advantages, weight, outcome, kept = _grpo_advantages(rollout, rewards, rl_config.group_size)
     batch = rl.make_ppo_batch(rollout, advantages)
     extra["learner/return_mean"] = jnp.mean(outcome)
+    extra["learner/groups_kept"] = kept
+    sample_weight = jnp.reshape(weight, (t * b,))
+    policy_coef = jnp.ones((), jnp.float32)
   else:
     advantages, returns = rl.gae(
         rewards, rollout.value, rollout.done, rollout.truncated, bootstrap_value,
@@ -147,34 +202,48 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
     batch = rl.make_ppo_batch(rollout, advantages, returns)
     extra["learner/return_mean"] = jnp.mean(returns)
     extra["learner/value_mean"] = jnp.mean(rollout.value)
+    sample_weight = jnp.ones((t * b,), jnp.float32)
+    if rl_config.episodic_slots:  # Learn from each env's first episode only.
+      sample_weight = jnp.reshape(_first_episode(rollout.done), (t * b,))
+    policy_coef = (state.step >= rl_config.critic_warmup_iterations).astype(jnp.float32)
   n = batch.size
   num_mb = rl_config.num_minibatches
   if decoupled:
-    batch = batch.replace(
-        prox_log_probs=_proximal_log_probs(graphdef, state.params, batch, num_mb))
+    batch = batch.replace(prox_log_probs=_proximal_log_probs(
+        graphdef, state.params, batch, num_mb, temperature))
   grad_fn = jax.value_and_grad(_policy_objective, has_aux=True)
+  kl_limit = 1.5 * rl_config.target_kl if rl_config.target_kl > 0 else jnp.inf
 
   def minibatch_step(carry, idx):
-    st, ok = carry
+    st, ok, stopped = carry
     mb = jax.tree.map(lambda x: x[idx], batch)
-    (loss, metrics), grads = grad_fn(st.params, graphdef, mb, st.step, rl_config)
+    (loss, metrics), grads = grad_fn(st.params, graphdef, mb, sample_weight[idx], st.step,
+                                     policy_coef, rl_config, temperature)
+    # The KL is of the parameters before this minibatch's step: past the limit, neither this
+    # step nor any later one of this update is applied.
+    stopped = stopped | (policy_coef * metrics["learner/approx_kl"] > kl_limit)
+    grads = _value_head_only(grads, policy_coef)
     updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
-    params = optax.apply_updates(st.params, updates)
+    new = st.replace(params=optax.apply_updates(st.params, updates), opt_state=opt_state)
+    st = jax.tree.map(lambda a, b: jnp.where(stopped, b, a), new, st)
     metrics["learner/grad_norm"] = optax.global_norm(grads)
+    metrics["learner/minibatches_applied"] = 1.0 - stopped.astype(jnp.float32)
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    return (st.replace(params=params, opt_state=opt_state), ok & finite), metrics
+    return (st, ok & finite, stopped), metrics
 
   def epoch(carry, epoch_rng):
     perm = jax.random.permutation(epoch_rng, n).reshape(num_mb, n // num_mb)
     return jax.lax.scan(minibatch_step, carry, perm)
 
-  (new_state, ok), metrics = jax.lax.scan(
-      epoch, (state, jnp.ones((), bool)), jax.random.split(rng, rl_config.update_epochs))
+  (new_state, ok, _), metrics = jax.lax.scan(
+      epoch, (state, jnp.ones((), bool), jnp.zeros((), bool)),
+      jax.random.split(rng, rl_config.update_epochs))
   # A non-finite minibatch anywhere voids the whole update: keep the state it started from.
   new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
   metrics = jax.tree.map(jnp.mean, metrics)
   metrics.update(extra)
   metrics["learner/advantage_mean"] = jnp.mean(advantages)
+  metrics["learner/policy_coef"] = policy_coef
   metrics["learner/skipped"] = 1.0 - ok.astype(jnp.float32)
   return new_state.replace(step=state.step + 1), metrics
 

@@ -182,10 +182,12 @@ class _Run:
     self.pipeline = kind(comp, placement, self.tracer, train_rng, faults=faults, poison=poison)
 
     if start == 0:
-      self.result = self._evaluate(0, train_state.params)
       if config.rl.warmstart_steps and latest is None and not config.rl.init_from:
         train_state = train_state.replace(params=warmstart.behaviour_clone(
             config, comp, placement, train_state.params, rng, self.progress_fn))
+      # Iteration 0 is the policy RL starts from (after any warm start), so that the final
+      # evaluation against this one is what RL itself added.
+      self.result = self._evaluate(0, train_state.params)
     logging.info("set-up and first evaluation took %.1fs", time.perf_counter() - t0)
     self.window = (time.perf_counter(), 0)
     self.tracer.reset_window()

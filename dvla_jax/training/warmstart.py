@@ -5,8 +5,8 @@ then RL raises success". `--config.mode=sft` plus `rl.init_from` does it in two 
 `rl.warmstart_steps > 0` does it in one: a fresh RL run records the task's expert through its
 own env (`sft.record_demos`), takes that many `sft.sft_step` gradient steps on the demonstrated
 action tokens, and starts PPO from the cloned policy with a fresh optimizer. The evaluation at
-iteration 0 is of the untrained policy, taken before the warm start, so the metrics show what
-the whole run (cloning plus RL) added.
+iteration 0 is of the cloned policy, taken after the warm start, so the final evaluation
+against it shows what RL itself added.
 """
 
 import functools
@@ -50,7 +50,8 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
   batch_size = min(config.sft.batch_size, n)
   optimizer = builders.make_optimizer(ml_collections.ConfigDict(
       {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))
-  step_fn = jax.jit(functools.partial(sft.sft_step, comp.graphdef, optimizer),
+  step_fn = jax.jit(functools.partial(sft.sft_step, comp.graphdef, optimizer,
+                                      label_sigma=config.sft.label_sigma),
                     donate_argnums=0)
   state = steps_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                                opt_state=optimizer.init(params))

@@ -91,3 +91,30 @@ def test_success_false_at_reset_true_for_expert(env_fns):
 def test_unknown_task_names_closest():
   with pytest.raises(envs.UnknownTaskError, match="touch_cube"):
     envs.check_task("touch_cub")
+
+
+def test_potential_based_shaping_never_outweighs_success():
+  """Shaping k * (d - gamma * d') with phi = 0 after success: it sums to about k times the
+  distance covered, so with k <= 1 a failed episode earns less than a successful one."""
+  k, gamma = 1.0, 0.99
+  env = envs.make("touch_cube", envs.EnvConfig(num_worlds=B, image_size=32, render=False,
+                                               reward_shaping=k, shaping_gamma=gamma))
+  venv = envs.wrap_for_training(env)
+  state = jax.jit(lambda rng: venv.reset(jax.random.split(rng, B)))(jax.random.PRNGKey(9))
+  step, expert = jax.jit(venv.step), jax.jit(jax.vmap(env.expert_action))
+  # Half the worlds follow the expert, half drift away from every cube (up and to one side).
+  away = jnp.tile(jnp.array([1.0, 1.0, 1.0]), (B, env.config.action_horizon))
+  follow = (jnp.arange(B) < B // 2)[:, None]
+  totals, alive = np.zeros(B), np.ones(B)
+  for _ in range(env.config.episode_length):
+    prev = np.asarray(state.info["task"]["prev_dist"])
+    state = step(state, jnp.where(follow, expert(state), away))
+    dist, success = np.asarray(state.metrics["distance"]), np.asarray(state.metrics["success"])
+    want = success + np.where(success > 0, 0.0, -gamma * k * dist) + k * prev
+    np.testing.assert_allclose(np.asarray(state.reward)[alive > 0], want[alive > 0], atol=1e-5)
+    totals += alive * np.asarray(state.reward)
+    alive *= 1.0 - np.asarray(state.done)
+  assert np.all(totals[: B // 2] > 1.0) and np.all(totals[B // 2:] < 0.5)
+  with pytest.raises(ValueError, match="reward_shaping"):
+    envs.EnvConfig(reward_shaping=2.0) and envs.make("touch_cube",
+                                                     envs.EnvConfig(reward_shaping=2.0))

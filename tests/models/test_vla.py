@@ -23,7 +23,40 @@ _apply = jax.jit(lambda model, obs: model(obs))
 @pytest.fixture(scope="module")
 def tiny():
   config = models.get_preset("tiny")
-  return config, models.VLA(config, rngs=nnx.Rngs(0)), config.fake_obs(3, 1)
+  model = models.VLA(config, rngs=nnx.Rngs(0))
+  # A trained critic's head: the fresh one is zero (see test_fresh_critic_predicts_zero).
+  kernel = model.value_head.kernel
+  kernel[...] = 0.3 * jax.random.normal(jax.random.key(5), kernel[...].shape)
+  return config, model, config.fake_obs(3, 1)
+
+
+def test_fresh_critic_predicts_zero():
+  config = models.get_preset("tiny")
+  _, value = _apply(models.VLA(config, rngs=nnx.Rngs(0)), config.fake_obs(4))
+  np.testing.assert_array_equal(np.asarray(value), 0.0)
+
+
+def test_prior_width_has_a_floor():
+  """However far cloning pushes the prior's log-std head down, sigma stays >= the floor."""
+  config = models.get_preset("tiny", action_prior_min_std=0.05)
+  model = models.VLA(config, rngs=nnx.Rngs(0))
+  model.action_prior.bias[...] = jnp.array([0.0, -50.0])  # mu 0, log-std far below the floor
+  model.action_head.kernel[...] = jnp.zeros_like(model.action_head.kernel[...])
+  model.action_head.bias[...] = jnp.zeros_like(model.action_head.bias[...])
+  logits, _ = _apply(model, config.fake_obs(2))
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+  # sigma = 0.05 over bins 2/256 wide: about 6.4 bins, so the top bin holds well under half.
+  assert probs.max() < 0.2
+  assert (probs > 0.01).sum(-1).min() >= 10
+
+
+def test_log_probs_and_entropy_use_the_temperature():
+  logits = jax.random.normal(jax.random.key(0), (2, 1, 3, 256)) * 3
+  tokens = jnp.zeros((2, 1, 3), jnp.int32)
+  for t in (0.5, 1.6):
+    want = jax.nn.log_softmax(logits / t)[..., 0]
+    np.testing.assert_allclose(models.token_log_probs(logits, tokens, t), want, rtol=1e-5)
+  assert float(models.token_entropy(logits, 1.6).mean()) > float(models.token_entropy(logits).mean())
 
 
 def _max_diff(a, b):
@@ -170,7 +203,8 @@ def test_entropy():
 
 def test_remat_matches_plain(tiny):
   config, model, obs = tiny
-  remat_model = models.VLA(config.replace(remat=True), rngs=nnx.Rngs(0))
+  remat_graph, _ = nnx.split(models.VLA(config.replace(remat=True), rngs=nnx.Rngs(0)))
+  remat_model = nnx.merge(remat_graph, nnx.state(model))
 
   @jax.jit
   def grads(m):

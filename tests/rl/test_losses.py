@@ -237,3 +237,72 @@ def test_make_ppo_batch_flattens_time_major_rollout():
   np.testing.assert_array_equal(batch.log_probs[:, 0, 0], np.arange(t * b))
   np.testing.assert_array_equal(batch.advantages, 2 * np.arange(t * b))
   assert batch.prox_log_probs is None
+
+
+def test_chunk_ratio_is_the_product_of_token_ratios_and_clips_the_chunk():
+  """Every token inside the clip, but the chunk's joint ratio (1.15^6 = 2.3) far outside it:
+  per-token clipping lets the chunk move; per-chunk clipping stops it."""
+  n, h, d = 2, 2, 3
+  old = jnp.full((n, h, d), LOG(0.2))
+  new = old + LOG(1.15)
+  batch = _batch(old, [1.0, 1.0], value=[0.0, 0.0], returns=[0.0, 0.0])
+  kw = dict(clip_eps=0.2, value_clip_eps=0.0, vf_coef=0.0, ent_coef=0.0,
+            normalize_advantages=False)
+
+  def loss(lp, level):
+    return rl.ppo_loss(lp, jnp.zeros(n), jnp.zeros_like(lp), batch, ratio_level=level, **kw)
+
+  (tok, m_tok), g_tok = jax.value_and_grad(lambda lp: loss(lp, "token"), has_aux=True)(new)
+  (chunk, m_chunk), g_chunk = jax.value_and_grad(lambda lp: loss(lp, "chunk"), has_aux=True)(new)
+  np.testing.assert_allclose(tok, -1.15, rtol=1e-5)
+  np.testing.assert_allclose(chunk, -1.2, rtol=1e-5)  # clipped at 1 + 0.2
+  assert float(m_tok["learner/clip_fraction"]) == 0.0
+  assert float(m_chunk["learner/clip_fraction"]) == 1.0
+  np.testing.assert_allclose(m_chunk["learner/approx_kl"], 1.15**6 - 1 - 6 * LOG(1.15),
+                             rtol=1e-4)
+  assert np.all(np.asarray(g_tok) != 0) and np.all(np.asarray(g_chunk) == 0)
+  # Per action (H ratios of D tokens each): 1.15^3 = 1.52, clipped too.
+  np.testing.assert_allclose(loss(new, "action")[0], -1.2, rtol=1e-5)
+  with pytest.raises(ValueError, match="ratio_level"):
+    loss(new, "episode")
+
+
+def test_clip_higher_is_asymmetric():
+  old = _tokens([LOG(0.2), LOG(0.2)])
+  new = _tokens([LOG(0.2 * 1.25), LOG(0.2 * 0.75)])  # ratios 1.25 and 0.75
+  batch = _batch(old, [1.0, -1.0], value=[0.0, 0.0], returns=[0.0, 0.0])
+  kw = dict(clip_eps=0.2, value_clip_eps=0.0, vf_coef=0.0, ent_coef=0.0,
+            normalize_advantages=False)
+  sym, _ = rl.ppo_loss(new, jnp.zeros(2), jnp.zeros_like(new), batch, **kw)
+  hi, m = rl.ppo_loss(new, jnp.zeros(2), jnp.zeros_like(new), batch, clip_eps_high=0.28, **kw)
+  # Symmetric: min(1.25, 1.2) = 1.2 ; min(-.75, -.8) = -.8. Clip-higher: 1.25 stays inside.
+  np.testing.assert_allclose(sym, -(1.2 - 0.8) / 2, rtol=1e-5)
+  np.testing.assert_allclose(hi, -(1.25 - 0.8) / 2, rtol=1e-5)
+  np.testing.assert_allclose(m["learner/clip_fraction"], 0.5)
+
+
+def test_sample_weight_drops_samples_and_policy_coef_silences_the_policy():
+  rng = np.random.default_rng(3)
+  n, h, d = 4, 2, 3
+  old = rng.normal(size=(n, h, d)).astype(np.float32) - 2.0
+  new = jnp.asarray(old + rng.normal(scale=0.1, size=(n, h, d)).astype(np.float32))
+  adv = rng.normal(size=n).astype(np.float32)
+  batch = _batch(old, adv)
+  weight = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+  got, _ = rl.grpo_loss(new, jnp.zeros_like(new), batch, clip_eps=0.2, sample_weight=weight,
+                        ratio_level="chunk")
+  keep = np.asarray([0, 2])
+  want, _ = rl.grpo_loss(new[keep], jnp.zeros((2, h, d)), jax.tree.map(lambda x: x[keep], batch),
+                         clip_eps=0.2, ratio_level="chunk")
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+  vbatch = _batch(old, adv, value=np.zeros(n), returns=np.ones(n))
+  values = jnp.zeros(n)
+
+  def ppo(lp, coef):
+    return rl.ppo_loss(lp, values, jnp.zeros_like(lp), vbatch, clip_eps=0.2, value_clip_eps=0.0,
+                       vf_coef=0.5, ent_coef=0.0, policy_coef=coef)[0]
+
+  assert np.all(np.asarray(jax.grad(ppo)(new, 0.0)) == 0.0)
+  assert np.any(np.asarray(jax.grad(ppo)(new, 1.0)) != 0.0)
+  np.testing.assert_allclose(ppo(new, 0.0), 0.5 * 0.5, rtol=1e-6)  # the value loss alone

@@ -103,24 +103,56 @@ def test_non_finite_update_is_skipped_inside_the_jitted_update(setup):
   assert _max_diff(new.opt_state, state.opt_state) == 0.0
 
 
-def test_grpo_advantages_are_group_normalised_first_episode_returns():
+def test_grpo_advantages_are_group_normalised_first_episode_successes():
   # Two groups of two envs; env 1 finishes its episode at t=0, so its t=1 step is not scored.
-  reward = jnp.array([[1.0, 2.0, 0.0, 0.0], [1.0, 5.0, 3.0, 3.0]])
+  reward = jnp.array([[0.0, 1.0, 0.0, 0.0], [1.0, 5.0, 0.0, 0.0]])
   done = jnp.array([[False, True, False, False], [False, False, False, False]])
   rollout = rl.Transition(obs={}, tokens=None, log_probs=None, value=None, reward=reward,
                           done=done, truncated=jnp.zeros_like(done), version=None)
-  adv, outcome = steps._grpo_advantages(rollout, reward, 2)  # pylint: disable=protected-access
-  np.testing.assert_allclose(outcome, [2.0, 2.0, 3.0, 3.0])
-  np.testing.assert_allclose(adv, [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-5)
-  reward = reward.at[1, 0].set(3.0)  # Env 0 now returns 4 > env 1's 2.
-  adv, _ = steps._grpo_advantages(rollout, reward, 2)  # pylint: disable=protected-access
-  np.testing.assert_allclose(adv, [[1.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], atol=1e-4)
+  adv, weight, outcome, kept = steps._grpo_advantages(rollout, reward, 2)  # pylint: disable=protected-access
+  # Binary outcomes; both groups are uniform (all succeeded, all failed): dynamic sampling
+  # drops them.
+  np.testing.assert_allclose(outcome, [1.0, 1.0, 0.0, 0.0])
+  np.testing.assert_allclose(adv, 0.0, atol=1e-5)
+  np.testing.assert_allclose(weight, 0.0)
+  assert float(kept) == 0.0
+  reward = reward.at[1, 3].set(1.0)  # Env 3 now succeeds where env 2 fails: a mixed group.
+  adv, weight, outcome, kept = steps._grpo_advantages(rollout, reward, 2)  # pylint: disable=protected-access
+  np.testing.assert_allclose(adv, [[0.0, 0.0, -1.0, 1.0], [0.0, 0.0, -1.0, 1.0]], atol=1e-4)
+  np.testing.assert_allclose(weight, [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+  assert float(kept) == 0.5
+
+
+def test_critic_warmup_trains_only_the_value_head(setup):
+  state, rollout, _, make_update = setup
+  # state.step is 5: a warm-up of 6 updates covers this one, a warm-up of 5 does not.
+  new, metrics = _run(make_update(critic_warmup_iterations=6), state, rollout)
+  assert metrics["learner/policy_coef"] == 0.0
+  assert _max_diff(new.params["value_head"], state.params["value_head"]) > 0
+  assert _max_diff(new.params["action_head"], state.params["action_head"]) == 0.0
+  new, metrics = _run(make_update(critic_warmup_iterations=5), state, rollout)
+  assert metrics["learner/policy_coef"] == 1.0
+  assert _max_diff(new.params["action_head"], state.params["action_head"]) > 0
+
+
+def test_kl_early_stop_skips_the_rest_of_the_update(setup):
+  state, rollout, _, make_update = setup
+  big = dict(lr=0.05, update_epochs=4)  # Large steps: the policy moves far in one minibatch.
+  _, free = _run(make_update(**big), state, rollout)
+  assert free["learner/minibatches_applied"] == 1.0 and free["learner/approx_kl"] > 1e-3
+  new, stopped = _run(make_update(target_kl=1e-6, **big), state, rollout)
+  # The first minibatch starts at the proximal policy (KL 0) and is applied; later ones stop.
+  assert 0 < stopped["learner/minibatches_applied"] < 0.5
+  assert _max_diff(new.params, state.params) > 0
 
 
 def test_grpo_update_trains_without_the_critic(setup):
   state, rollout, _, make_update = setup
-  new, metrics = _run(make_update(algo="grpo"), state, rollout)
+  # One success in each group of two: both groups are mixed and kept.
+  reward = jnp.zeros((T, B)).at[1, 0].set(1.0).at[1, 3].set(1.0)
+  new, metrics = _run(make_update(algo="grpo"), state, rollout.replace(reward=reward))
   assert metrics["learner/skipped"] == 0.0 and "learner/value_loss" not in metrics
+  assert metrics["learner/groups_kept"] == 1.0
   value_head = lambda p: p["value_head"]  # noqa: E731
   assert _max_diff(value_head(new.params), value_head(state.params)) == 0.0
   assert _max_diff(new.params, state.params) > 0

@@ -139,8 +139,12 @@ def test_warm_start_clones_the_expert_before_rl(tmp_path):
                 components=comp)
   losses = [m["warmstart/loss"] for _, m in rows if "warmstart/loss" in m]
   assert len(losses) == 4 and losses[-1] < losses[0]
-  # The iteration-0 evaluation comes first: it scores the untrained policy.
-  assert "eval/success_rate" in rows[0][1] and "warmstart/loss" not in rows[0][1]
+  # The iteration-0 evaluation comes after the warm start: it scores the policy RL starts
+  # from, and it is the only evaluation at iteration 0.
+  evals = [i for i, (s, m) in enumerate(rows) if "eval/success_rate" in m]
+  warm = [i for i, (s, m) in enumerate(rows) if "warmstart/loss" in m]
+  assert evals[0] > warm[-1] and rows[evals[0]][0] == 0
+  assert [rows[i][0] for i in evals].count(0) == 1
   # Without a warm start the same run's first update starts from other parameters.
   config.rl.warmstart_steps = 0
   cold = []

@@ -1,0 +1,121 @@
+"""A run of several suite tasks: one env, tasks per world, demonstrations and evaluation per task.
+
+One tiny run (2 goal tasks, 8 envs, `tiny` model) is built once for the module; the GRPO test
+builds one more env group.
+"""
+
+import dataclasses
+import os
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+import demo  # noqa: E402  (a config file, imported by path)
+
+from dvla_jax.training import builders  # noqa: E402
+from dvla_jax.training import config_check  # noqa: E402
+from dvla_jax.training import evaluation  # noqa: E402
+from dvla_jax.training import sft  # noqa: E402
+
+NAMES = ["goal_touch_ball", "goal_push_cube"]
+B = 8
+
+
+def _config(**rl):
+  config = demo.get_config("tiny")
+  config.env.task = ",".join(NAMES)
+  config.env.num_envs = B
+  config.env.episode_length = 0  # The longest task's.
+  config.train.eval_episodes = B
+  for key, value in rl.items():
+    config.rl[key] = value
+  config_check.validate(config, known_tasks=config_check.registered_tasks)
+  return config
+
+
+@pytest.fixture(scope="module")
+def comp():
+  return builders.build(_config())
+
+
+def _tasks(state) -> np.ndarray:
+  return np.asarray(state.info["task"]["task"])
+
+
+def test_worlds_take_turns_over_the_tasks(comp):
+  assert comp.env.task_names == NAMES
+  seen = set()
+  for seed in range(4):
+    tasks = _tasks(comp.reset(jax.random.key(seed)))
+    assert np.bincount(tasks, minlength=2).tolist() == [B // 2, B // 2]
+    seen.add(int(tasks[0]))
+  assert seen == {0, 1}  # The offset is drawn per reset: world 0 does not keep one task.
+  chosen = np.array([1, 1, 1, 0, 0, 1, 0, 1])
+  np.testing.assert_array_equal(_tasks(comp.reset(jax.random.key(0), chosen)), chosen)
+
+
+def test_grpo_groups_share_layout_and_task():
+  config = _config(algo="grpo", group_size=2, rollout_length=64)
+  group = builders._make_group(config, B)  # pylint: disable=protected-access
+  state = group.reset(jax.random.key(1))
+  tasks, qpos = _tasks(state), np.asarray(state.pipeline_state.qpos)
+  np.testing.assert_array_equal(tasks[0::2], tasks[1::2])
+  np.testing.assert_array_equal(qpos[0::2], qpos[1::2])
+  assert not np.allclose(qpos[0], qpos[2])
+  assert np.bincount(tasks, minlength=2).tolist() == [B // 2, B // 2]
+
+
+def test_record_demos_gives_each_task_its_rows(comp):
+  rows = 6  # Not a multiple of the batch per task: the last round is cut.
+  demos = sft.record_demos(comp, jax.random.key(1), rows)
+  for task in range(len(NAMES)):
+    mine = demos["task"] == task
+    assert sorted(set(demos["row"][mine].tolist())) == list(range(rows)), task
+    # A row is one world's whole episode limit of expert steps.
+    assert mine.sum() == rows * comp.env.config.episode_length
+  # The instruction tells the tasks apart: no instruction is shared between them.
+  texts = [{bytes(t) for t in demos["text"][demos["task"] == i]} for i in range(2)]
+  assert not texts[0] & texts[1]
+
+
+def test_evaluation_reports_each_task_sampled_and_greedy(comp):
+  """Greedy acts by the scripted expert here, so its success must be 1 on every task."""
+  expert = jax.jit(jax.vmap(comp.env.expert_action))
+  latest = {}
+
+  def keep(state):
+    latest["state"] = state
+    return state
+
+  calls = {"greedy": 0, "sampled": 0}
+
+  def act(params, obs, rng):
+    calls["sampled"] += 1
+    return comp.act(params, obs, rng)
+
+  def act_greedy(params, obs):
+    del params, obs
+    calls["greedy"] += 1
+    return types.SimpleNamespace(actions=jnp.clip(expert(latest["state"]), -1.0, 1.0))
+
+  scripted = dataclasses.replace(
+      comp, act=act, act_greedy=act_greedy,
+      reset=lambda rng, tasks=None: keep(comp.reset(rng, tasks)),
+      env_step=lambda state, actions: keep(comp.env_step(state, actions)))
+  params = comp.init_train_state(jax.random.key(0)).params
+  result = evaluation.evaluate(scripted, params, jax.random.key(2), B)
+  for name in NAMES:
+    assert result[f"eval/{name}/greedy_success_rate"] == 1.0
+    assert 0.0 <= result[f"eval/{name}/success_rate"] <= 1.0
+  assert result["eval/greedy_success_rate"] == 1.0
+  assert result["eval/success_rate"] == pytest.approx(
+      np.mean([result[f"eval/{n}/success_rate"] for n in NAMES]))
+  assert result["eval/episodes"] == B
+  # The expert finishes early and the loop stops soon after; the sampled policy does not.
+  assert calls["greedy"] < comp.env.config.episode_length
+  assert calls["sampled"] == comp.env.config.episode_length
