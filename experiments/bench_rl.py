@@ -52,7 +52,11 @@ SETTINGS: dict[str, Any] = {
     "model.preset": "small",
     "env.num_envs": 64,
     "env.episode_length": 0,  # The longest task's limit.
-    "rl.rollout_length": 16,  # GRPO: raised to the episode limit (every env finishes one).
+    # Every env plays one episode per slot (GRPO always does): raised to the episode limit.
+    "rl.rollout_length": 16,
+    "rl.episodic_slots": True,
+    "env.reward_shaping": 0.0,  # The sparse success reward (see README on shaping).
+    "sft.label_sigma": 4.0,
     "rl.num_minibatches": 4,
     "rl.update_epochs": 2,
     "rl.group_size": 4,
@@ -117,7 +121,7 @@ def make_config(suite: str, algo: str, pipeline: str, demos_per_task: int, quick
   config.sft.episodes = demos_per_task
   if pipeline == "async":
     config.swimlanes.env_groups = ASYNC_ENV_GROUPS
-  if algo == "grpo":
+  if algo == "grpo" or config.rl.episodic_slots:
     names = envs.resolve_tasks(config.env.task)
     limit = envs.SuiteEnv.default_config(builders.env_config(config, 1),
                                          task_names=names).episode_length

@@ -18,6 +18,7 @@ _SLOW_FILES = (
     "tests/training/test_trainer.py",
     "tests/memory/test_pipeline_memory.py",
     "tests/training/test_sft.py",
+    "tests/training/test_rl_learns.py",
     "tests/test_readme_commands.py",
     "tests/test_configs.py",
     "tests/swimlanes/test_pipeline.py",

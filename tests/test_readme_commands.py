@@ -236,7 +236,7 @@ def test_demo_flags_reach_the_trainer(tmp_path):
   seen = _stub_main("--flagfile=configs/demo.flags", f"--workdir={tmp_path}")
   assert seen["fn"] == "trainer" and seen["workdir"] == str(tmp_path)
   assert (seen["model"]["preset"], seen["env"]["num_envs"]) == ("small", 128)
-  assert seen["rl"]["warmstart_steps"] == 1200 and seen["train"]["iterations"] == 30
+  assert seen["rl"]["warmstart_steps"] == 1200 and seen["train"]["iterations"] == 70
   flags_file = (_ROOT / "configs" / "demo.flags").read_text().split()
   assert "--workdir=runs/demo" in flags_file  # What `make demo` uses when WORKDIR is unset.
 

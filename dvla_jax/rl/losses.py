@@ -11,8 +11,8 @@ clip_eps_high), which leaves more room to raise the probability of rare good chu
 Decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy optimization")
 separates the two roles the old policy plays in PPO. The *proximal* policy (the
 learner's weights when this update began) anchors the clipped trust region; the
-*behaviour* policy (whatever, possibly stale, weights acted) is corrected for by a
-per-token importance weight `prox / behaviour`, truncated at `behaviour_weight_cap`
+*behaviour* policy (whatever, possibly stale, weights acted) is corrected for by an
+importance weight `prox / behaviour` per ratio unit, truncated at `behaviour_weight_cap`
 and held constant (stop-gradient). Samples more than `max_staleness` versions old are
 masked out entirely: they get weight 0 in every term, and every mean (including the
 advantage normalisation) runs over the remaining samples only, so dropping samples

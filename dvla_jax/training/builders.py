@@ -164,25 +164,29 @@ def model_config(config, env: envs.TabletopEnv) -> models.VLAConfig:
       action_free_logits=config.model.action_head == "bins")
 
 
-def _value_head_labels(params):
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: "value" if any(getattr(k, "key", None) == "value_head" for k in path)
-      else "policy", params)
+def _scale_value_head(factor: float) -> optax.GradientTransformation:
+  """Multiplies the value head's updates by `factor` (stateless)."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * factor if any(getattr(k, "key", None) == "value_head" for k in path)
+        else u, updates), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def make_optimizer(rl_config) -> optax.GradientTransformation:
-  """Adam after a global-norm clip; the value head at `rl_config.value_lr` when that is set.
+  """Adam after a global-norm clip; the value head's steps at `rl_config.value_lr` when set.
 
   The critic of a cloned policy starts from nothing and must fit returns in a few updates,
   while the policy should move slowly: Adam moves each parameter by about its learning rate
-  per step, so one rate for both either starves the critic or shakes the policy.
+  per step, so one rate for both either starves the critic or shakes the policy. The value
+  head's Adam steps are rescaled by value_lr / lr, which is Adam at value_lr for those
+  parameters; the optimizer state has the same structure either way (so an SFT checkpoint
+  restores into an RL run).
   """
-  clip = optax.clip_by_global_norm(rl_config.max_grad_norm)
-  value_lr = rl_config.get("value_lr", 0.0)
-  if not value_lr:
-    return optax.chain(clip, optax.adam(rl_config.lr))
-  return optax.chain(clip, optax.multi_transform(
-      {"policy": optax.adam(rl_config.lr), "value": optax.adam(value_lr)}, _value_head_labels))
+  value_lr = rl_config.get("value_lr", 0.0) or rl_config.lr
+  return optax.chain(optax.clip_by_global_norm(rl_config.max_grad_norm),
+                     optax.adam(rl_config.lr), _scale_value_head(value_lr / rl_config.lr))
 
 
 _DR_STREAM = 7  # Random stream of the domain-randomisation draw.

@@ -6,8 +6,9 @@ written by `tools/write_demos.py`, format `dvla_jax.envs.demos`) or, when that i
 recorded in-process by running the task's expert (`env.expert_action`) through the run's own
 batched env, so nothing is compiled twice, and kept in `<workdir>/demos.npz` for a resumed run.
 The `sft.holdout_episodes` episodes after the first `sft.episodes` are held out; their token
-loss is logged as `sft/holdout_loss`. (An in-process "episode" is a row: `env.episode_length`
-expert steps of one env, several episodes when the expert finishes early; see `record_demos`.)
+loss is logged as `sft/holdout_loss` (the demonstrated bins' NLL as `sft/holdout_nll`). (An
+in-process "episode" is a row: `env.episode_length` expert steps of one env, several episodes
+when the expert finishes early; see `record_demos`.)
 
 Checkpoints are the RL trainer's (`Checkpointer` items `train_state`, `params`, `metadata`;
 the same `TrainState` and optimizer structure), with `"mode": "sft"` in the metadata. An SFT
@@ -316,10 +317,6 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
   abstract = jax.eval_shape(comp.init_train_state, init_rng)
   train_state = jax.jit(comp.init_train_state,
                         out_shardings=placement.state_shardings(abstract, "learner"))(init_rng)
-  # Cloning has its own optimizer (one learning rate; the RL one may split off the critic).
-  optimizer = builders.make_optimizer(ml_collections.ConfigDict(
-      {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))
-  train_state = train_state.replace(opt_state=jax.jit(optimizer.init)(train_state.params))
   latest = ckpt.latest_step()
   if latest is not None:
     meta = ckpt.metadata(latest)
@@ -346,22 +343,28 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
         "sft.holdout_episodes, or a smaller sft.batch_size")
   holdout_batch = min(batch_size, len(holdout["row"]))
 
+  optimizer = builders.make_optimizer(ml_collections.ConfigDict(
+      {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))
   step_fn = jax.jit(functools.partial(sft_step, comp.graphdef, optimizer,
                                       label_sigma=config.sft.label_sigma), donate_argnums=0)
-  loss_fn = jax.jit(functools.partial(token_loss, comp.graphdef))
+  loss_fn = jax.jit(functools.partial(token_loss, comp.graphdef,
+                                      label_sigma=config.sft.label_sigma))
   eval_device = placement.sim_device(0)
   eval_comp = comp.for_group(comp.eval_group(separate=False))
   eval_rng = jax.device_put(jax.random.fold_in(rng, _EVAL), eval_device)
 
   def holdout_metrics(params):
-    sums = np.zeros(2)
+    sums = np.zeros(3)
     count = len(holdout["row"]) // holdout_batch
     for i in range(count):
       chunk = {k: v[i * holdout_batch:(i + 1) * holdout_batch] for k, v in holdout.items()}
       _, m = loss_fn(params, placement.put_batch(to_batch(chunk, mc), "learner"))
-      sums += np.array([float(m["loss"]), float(m["token_accuracy"])])
+      sums += np.array([float(m["loss"]), float(m["nll"]), float(m["token_accuracy"])])
+    # The loss is the training objective's (smoothed targets with sft.label_sigma); the NLL is
+    # always the demonstrated bins'.
     return {"sft/holdout_loss": float(sums[0] / count),
-            "sft/holdout_accuracy": float(sums[1] / count)}
+            "sft/holdout_nll": float(sums[1] / count),
+            "sft/holdout_accuracy": float(sums[2] / count)}
 
   def evaluate(step):
     params = train_state.params

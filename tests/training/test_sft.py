@@ -34,6 +34,7 @@ def _sft_config():
   config.sft.holdout_episodes = 16
   config.sft.expert_noise = 0.3
   config.sft.lr = 3e-3
+  config.sft.label_sigma = 0.0
   config.sft.batch_size = 64
   config.train.iterations = STEPS
   config.train.log_every = 50
@@ -146,3 +147,25 @@ def test_resume_continues_from_the_checkpoint(run, tmp_path):
 def _assert_same(a, b):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_label_smoothing_targets_a_gaussian_around_the_demonstrated_bin():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from dvla_jax import models  # pylint: disable=g-import-not-at-top
+  mc = models.get_preset("tiny")
+  graphdef, params = nnx.split(models.VLA(mc, rngs=nnx.Rngs(0)))
+  obs = mc.fake_obs(2)
+  tokens = jax.numpy.asarray(np.array([[[0, 100, 255]] * mc.action_horizon] * 2), jax.numpy.int32)
+  batch = {"obs": obs, "tokens": tokens}
+  hard, m_hard = sft.token_loss(graphdef, params, batch)
+  smooth, m_smooth = sft.token_loss(graphdef, params, batch, label_sigma=4.0)
+  logits, _ = nnx.merge(graphdef, params)(obs)
+  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  bins = np.arange(mc.num_bins)
+  target = np.exp(-0.5 * ((bins - np.asarray(tokens)[..., None]) / 4.0) ** 2)
+  target /= target.sum(-1, keepdims=True)
+  np.testing.assert_allclose(smooth, -(target * logp).sum(-1).mean(), rtol=1e-5)
+  # The NLL of the demonstrated bin is reported either way, and is the hard loss.
+  np.testing.assert_allclose(m_smooth["nll"], hard, rtol=1e-6)
+  np.testing.assert_allclose(m_hard["nll"], hard, rtol=1e-6)
+  assert float(smooth) != float(hard)
