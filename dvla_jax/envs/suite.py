@@ -15,8 +15,8 @@ Success per stage family (all of a task's stages must hold at once):
 Reward: 1 on success (which ends the episode), else 0; with `reward_shaping` k > 0, plus the
 potential-based term gamma * phi(s') - phi(s), phi = -k * `metrics["distance"]` (object to goal
 plus half of gripper to object; a later stage counts from a fixed budget until the earlier one
-holds), phi = 0 after success (see `mjx_env.EnvConfig`). `metrics["goal_distance"]` is the object-to-goal
-part, `metrics["stages_done"]` counts satisfied stages.
+holds), phi = 0 after success (see `mjx_env.EnvConfig`). `metrics["goal_distance"]` is the
+object-to-goal part, `metrics["stages_done"]` counts satisfied stages.
 
 Action per control step (D = 4): target deltas dx, dy, dz in [-1, 1] * max_delta, and an
 absolute grip command (-1 open .. +1 shut). Proprioception: TCP position, actuator targets

@@ -169,8 +169,7 @@ def _scale_value_head(factor: float) -> optax.GradientTransformation:
   def update(updates, state, params=None):
     del params
     return jax.tree_util.tree_map_with_path(
-        lambda path, u: u * factor if any(getattr(k, "key", None) == "value_head" for k in path)
-        else u, updates), state
+        lambda path, u: u * factor if steps.on_value_head(path) else u, updates), state
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 

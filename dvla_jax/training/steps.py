@@ -94,15 +94,17 @@ def _first_episode(done: jax.Array) -> jax.Array:
   return jnp.concatenate([jnp.ones_like(done[:1]), jnp.cumprod(1.0 - done, axis=0)[:-1]])
 
 
+def on_value_head(path) -> bool:
+  """Whether a params-tree path (`jax.tree_util` keys) is in the critic's value head."""
+  return any(getattr(k, "key", None) == "value_head" for k in path)
+
+
 def _value_head_only(grads, policy_coef):
   """During a critic warm-up (`policy_coef` 0) only the value head learns: the value loss's
   gradient through the shared trunk would otherwise move the cloned policy (Adam steps every
   parameter by about the learning rate, however small its gradient)."""
-  def mask(path, g):
-    if any(getattr(k, "key", None) == "value_head" for k in path):
-      return g
-    return g * policy_coef
-  return jax.tree_util.tree_map_with_path(mask, grads)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, g: g if on_value_head(path) else g * policy_coef, grads)
 
 
 def _grpo_advantages(rollout: rl.Transition, rewards: jax.Array, group_size: int):

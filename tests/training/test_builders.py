@@ -1,5 +1,8 @@
 """The run config's env settings resolve per task (episode length 0: the task's default)."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from dvla_jax import envs
@@ -35,3 +38,18 @@ def test_grpo_rollout_shorter_than_the_task_episode_is_a_config_error():
   config_check.validate(config)  # The default length is known only to the env.
   with pytest.raises(config_check.ConfigError, match="rollout_length=4 shorter than"):
     builders._make_group(config, 4)  # pylint: disable=protected-access
+
+
+def test_value_head_steps_at_its_own_learning_rate():
+  rl = default_config.get_config().rl
+  rl.lr, rl.value_lr = 1e-4, 1e-2
+  params = {"value_head": {"kernel": jnp.ones(3)}, "blocks": {"w": jnp.ones(3)}}
+  opt = builders.make_optimizer(rl)
+  updates, _ = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)
+  # Adam's first step is -lr * sign(grad) for every parameter.
+  np.testing.assert_allclose(updates["blocks"]["w"], -1e-4, rtol=1e-3)
+  np.testing.assert_allclose(updates["value_head"]["kernel"], -1e-2, rtol=1e-3)
+  # Without value_lr the state has the same structure (SFT checkpoints restore into RL runs).
+  rl.value_lr = 0.0
+  same = builders.make_optimizer(rl).init(params)
+  assert jax.tree.structure(same) == jax.tree.structure(opt.init(params))

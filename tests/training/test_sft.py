@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 import demo  # noqa: E402  (a config file, imported by path)
 
+from dvla_jax import models  # noqa: E402
 from dvla_jax.training import builders  # noqa: E402
 from dvla_jax.training import checkpoints  # noqa: E402
 from dvla_jax.training import config_check  # noqa: E402
@@ -150,12 +152,10 @@ def _assert_same(a, b):
 
 
 def test_label_smoothing_targets_a_gaussian_around_the_demonstrated_bin():
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from dvla_jax import models  # pylint: disable=g-import-not-at-top
   mc = models.get_preset("tiny")
   graphdef, params = nnx.split(models.VLA(mc, rngs=nnx.Rngs(0)))
   obs = mc.fake_obs(2)
-  tokens = jax.numpy.asarray(np.array([[[0, 100, 255]] * mc.action_horizon] * 2), jax.numpy.int32)
+  tokens = np.array([[[0, 100, 255]] * mc.action_horizon] * 2, np.int32)
   batch = {"obs": obs, "tokens": tokens}
   hard, m_hard = sft.token_loss(graphdef, params, batch)
   smooth, m_smooth = sft.token_loss(graphdef, params, batch, label_sigma=4.0)
