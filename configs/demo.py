@@ -1,6 +1,6 @@
 """CPU demo: PPO fine-tunes a small VLA on the MJX task "touch the <colour> cube".
 
-Run it (about 10 minutes on a 2-core CPU; measured numbers in README.md):
+Run it (about 7 minutes on an idle 2-core CPU; measured numbers in README.md):
 
     python -m dvla_jax.main --flagfile=configs/demo.flags
 
