@@ -15,14 +15,14 @@ JAX ?= cpu
 WORKDIR ?=
 BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PY := $(VENV)/bin/python
-CUDA_JAX := jax[cuda12]==0.10.2
+CUDA_JAX := -r requirements.d/cuda.txt
 
 ifeq ($(filter $(JAX),cpu cuda),)
 $(error JAX=$(JAX) is not supported; allowed: cpu, cuda)
 endif
 
 checksum = $(shell cat $(1) | cksum | cut -d' ' -f1)
-JAX_EXTRA := $(if $(filter cuda,$(JAX)),"$(CUDA_JAX)")
+JAX_EXTRA := $(if $(filter cuda,$(JAX)),$(CUDA_JAX))
 RUN_STAMP := $(VENV)/.installed-run-$(JAX)-$(call checksum,requirements.txt)
 DEV_STAMP := $(VENV)/.installed-dev-$(JAX)-$(call checksum,requirements.txt requirements-dev.txt)
 

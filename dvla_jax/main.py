@@ -13,9 +13,15 @@ Supervised warm-start first, then RL from it (`--config.mode=sft`, `dvla_jax.tra
     python -m dvla_jax.main --config=configs/demo.py --workdir=/tmp/rl \
         --config.rl.init_from=/tmp/sft
 
-A user mistake (unknown or mistyped config field, value out of range, missing config file
-or workdir) prints one line, `config error: ...`, to stderr and exits with status 2 before
-anything heavy is imported or compiled.
+A user mistake (unknown or mistyped config field, value out of range, a malformed override
+line in a flagfile, a missing config file or one that raises or has no `get_config`, an
+`env.import_tasks` module that is missing or raises, a workdir whose checkpoint belongs to
+another model) prints one line, `config error: ...`, to stderr and exits with status 2 before
+anything is compiled or written.
+
+The console shows one summary line, progress bars with ETAs for the long phases and one line
+per log step (`dvla_jax.training.console`); the resolved config goes to
+`<workdir>/config.json`. absl INFO logs are off unless `--verbosity` is given.
 """
 
 import logging as std_logging
@@ -33,6 +39,7 @@ from ml_collections import config_flags
 from dvla_jax.training import config_check
 
 _USAGE_ERROR = 2
+CONFIG_FILE = "config.json"  # The resolved config, written to the workdir by every run.
 _ALLOWED = {
     "config": "a config file, e.g. configs/demo.py or configs/demo.py:tiny",
     "workdir": "a directory path (created if missing)",
@@ -146,6 +153,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   Returns:
     The positional arguments left after parsing.
   """
+  _precheck(argv)
   try:
     return flags.FLAGS(_one_config_flag(argv))
   except flags.Error as e:
@@ -158,6 +166,42 @@ def parse_flags(argv: list[str]) -> list[str]:
     if message is None:
       raise
     _fail(message)
+  except ValueError as e:  # ml_collections: an override path it cannot parse.
+    _fail(_last_line(str(e)))
+
+
+# --config.<path>[=value] and --noconfig.<path>: dotted Python identifiers.
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?:=.*)?$",
+                       re.DOTALL)
+
+
+def _precheck(argv: Sequence[str]) -> None:
+  """Fails with one line on a malformed --config.* override or a config file that does not
+  build (it raises, or has no `get_config`), before absl and ml_collections parse them."""
+  try:
+    args = flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False)
+  except flags.Error as e:  # A missing or unreadable --flagfile.
+    _fail(_last_line(str(e)).replace("ERROR:: ", ""))
+  for arg in args:
+    if re.match(r"^--?(?:no)?config\.", arg) and not _OVERRIDE.match(arg):
+      _fail(f"malformed override {arg!r}; allowed: --config.<group>.<field>=value")
+  argument = _config_argument(argv[1:])
+  if argument is None:
+    return
+  path = argument.split(":", 1)[0]
+  if not os.path.isfile(path):
+    _fail_config_load(argument)
+  try:
+    config = config_check.load_config_file(argument)
+  except ValueError as e:
+    _fail(_last_line(str(e)) if str(e).startswith("--config=") else
+          f"--config={argument}: ValueError: {_last_line(str(e))}")
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(f"--config={argument}: the config file raised {type(e).__name__}: "
+          f"{_last_line(str(e))}")
+  if not isinstance(config, ml_collections.ConfigDict):
+    _fail(f"--config={argument}: get_config returned a {type(config).__name__}; allowed: an "
+          "ml_collections.ConfigDict")
 
 
 def _fail_config_load(argument: str) -> NoReturn:
@@ -238,24 +282,58 @@ class _DropLibraryInfo(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the resolved config to `<workdir>/config.json` (process 0); returns the path."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, CONFIG_FILE)
+  if jax.process_index() == 0 and "://" not in workdir:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  return path
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {' '.join(argv[1:])!r}; allowed: --flags only")
+  if not flags.FLAGS["verbosity"].present:  # absl INFO (JAX's backend probes, ...) is opt-in.
+    logging.set_verbosity(logging.WARNING)
   distributed = _distributed_settings()  # Bad process flags fail before the config loads.
   config = _loaded_config()
+  if config.env.import_tasks:  # Before the check, which needs the tasks they register.
+    from dvla_jax.envs import custom  # pylint: disable=g-import-not-at-top
+
+    try:
+      custom.import_tasks(config.env.import_tasks)
+    except (custom.ImportTasksError, custom.TaskDefinitionError) as e:
+      _fail(str(e))
+    # Saved absolute in config.json, so `dvla_jax.evaluate` finds the files from anywhere.
+    config.env.import_tasks = custom.absolute_spec(config.env.import_tasks)
   try:
     config_check.validate(config, known_tasks=config_check.registered_tasks,
                           known_presets=config_check.model_presets)
   except config_check.ConfigError as e:
     _fail(str(e))
+  if config.train.wandb_project and not config_check.installed("wandb"):
+    _fail(f"train.wandb_project={config.train.wandb_project!r} needs the optional wandb "
+          "package; allowed: pip install wandb, or train.wandb_project=''")
   _make_workdir(_WORKDIR.value)
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
   _init_distributed(distributed)
 
   # Imported here so that --help and config errors do not wait for JAX and MJX.
+  from dvla_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from dvla_jax.training import console  # pylint: disable=g-import-not-at-top
   from dvla_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
+  try:  # Before anything is written to a workdir that another model's run owns.
+    checkpoints.check_workdir(config, _WORKDIR.value)
+  except config_check.ConfigError as e:
+    _fail(str(e))
+  trainer.init_backends(config)
+  config_path = _write_config(config, _WORKDIR.value)
   logging.info("workdir %s, config:\n%s", _WORKDIR.value, config)
+  console.line(f"{trainer.summary(config)} | workdir {_WORKDIR.value} | config {config_path}")
   try:
     if config.mode == "sft":  # Behaviour cloning; RL starts from it with rl.init_from.
       from dvla_jax.training import sft  # pylint: disable=g-import-not-at-top

@@ -19,6 +19,7 @@ _SLOW_FILES = (
     "tests/memory/test_pipeline_memory.py",
     "tests/training/test_sft.py",
     "tests/training/test_rl_learns.py",
+    "tests/test_user_runs.py",
     "tests/test_readme_commands.py",
     "tests/test_configs.py",
     "tests/swimlanes/test_pipeline.py",

@@ -24,6 +24,8 @@ def train(config, workdir):
                                "workdir": workdir}))
   return {"eval/success_rate": 1.0}
 trainer.train = train
+trainer.init_backends = lambda config: None
+trainer.summary = lambda config: "SUMMARY " + config.env.task
 sys.modules["dvla_jax.training.trainer"] = trainer
 registry = types.ModuleType("dvla_jax.envs.registry")
 registry.list_tasks = lambda: ["touch_cube"]

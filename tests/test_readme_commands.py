@@ -64,6 +64,18 @@ COVERED = {
     # The full table takes minutes; the test rates one task with fewer episodes, same code path.
     "python -m dvla_jax.envs --experts --episodes 16":
         "envs/test_cli.py::test_experts_rates_a_task_outside_the_suite",
+    "python -m dvla_jax.main --config=configs/demo.py:tiny --workdir=/tmp/hover "
+    "--config.env.import_tasks=examples/custom_task.py --config.env.task=hover_over_ball":
+        "test_user_runs.py::test_custom_task_trains_with_a_quiet_informative_console",
+    "python -m dvla_jax.main": "test_tiny_run_writes_its_workdir",
+    "python -m dvla_jax.evaluate": "test_evaluate_the_tiny_run",
+    "--config.train.wandb_project=NAME": "training/test_metrics.py::test_wandb_writer_logs_offline",
+    "--config.env.import_tasks=FILE.py":
+        "test_user_runs.py::test_custom_task_trains_with_a_quiet_informative_console",
+    "python -m dvla_jax.envs --import_tasks=FILE.py --list":
+        "envs/test_cli.py::test_list_with_import_tasks_adds_the_user_task",
+    "--config.env.task=playground:CartpoleBalance":
+        "test_user_runs.py::test_playground_task_trains_from_config",
     "python tools/draw_architecture.py --out=docs/architecture.png":
         "test_draw_architecture_redraws_the_committed_picture",
 }
@@ -212,6 +224,8 @@ def stub(name):
     return {}
   module = types.ModuleType("dvla_jax.training." + name)
   module.train = train
+  module.init_backends = lambda config: None
+  module.summary = lambda config: "SUMMARY"
   sys.modules["dvla_jax.training." + name] = module
   setattr(dvla_jax.training, name, module)
 stub("trainer"); stub("sft")
@@ -236,7 +250,7 @@ def test_demo_flags_reach_the_trainer(tmp_path):
   seen = _stub_main("--flagfile=configs/demo.flags", f"--workdir={tmp_path}")
   assert seen["fn"] == "trainer" and seen["workdir"] == str(tmp_path)
   assert (seen["model"]["preset"], seen["env"]["num_envs"]) == ("small", 128)
-  assert seen["rl"]["warmstart_steps"] == 1200 and seen["train"]["iterations"] == 70
+  assert seen["rl"]["warmstart_steps"] == 2000 and seen["train"]["iterations"] == 60
   flags_file = (_ROOT / "configs" / "demo.flags").read_text().split()
   assert "--workdir=runs/demo" in flags_file  # What `make demo` uses when WORKDIR is unset.
 
@@ -261,7 +275,9 @@ def test_make_demo_runs_the_demo_flags(tmp_path):
   assert "-m dvla_jax.main --flagfile=configs/demo.flags" in dry_run()
   assert f"--workdir={tmp_path}" in dry_run(f"WORKDIR={tmp_path}")
   cuda = dry_run("JAX=cuda")
-  assert '"jax[cuda12]==0.10.2"' in cuda and "pip install" in cuda
+  assert "-r requirements.d/cuda.txt" in cuda and "pip install" in cuda
+  pins = (_ROOT / "requirements.d" / "cuda.txt").read_text().splitlines()
+  assert "jax[cuda12]==0.10.2" in pins
 
 
 def test_make_notebook_writes_the_committed_notebook(tmp_path):

@@ -40,10 +40,11 @@ WORKDIR = "runs/colab"  # the runs' directories go under it""", ("parameters",))
     ("markdown", """\
 ## 1. Install
 
-Skipped when `dvla_jax` is already importable (a local checkout with its `.venv`). On Colab it
-clones the repository, installs its pinned requirements (and the CUDA build of jax when the
-runtime has a GPU) and works from the checkout, where `configs/` and `tools/` live: set
-`REPO_URL` in the cell below to where the repository is hosted.""", ()),
+Skipped when `dvla_jax` is already importable (a local checkout with its `.venv`). Elsewhere
+(Colab) it clones the repository and installs it with pip, `pip install -e ".[cuda]"` on a GPU
+runtime (the pinned requirements, and the CUDA build of jax), then works from the checkout,
+where `configs/` and `tools/` live: set `REPO_URL` in the cell below to where the repository
+is hosted.""", ()),
     ("code", """\
 import importlib.util
 import os
@@ -69,10 +70,8 @@ if ROOT is None and importlib.util.find_spec("dvla_jax") is None:
     raise ValueError("dvla_jax is not installed here: set REPO_URL to the repository's URL")
   subprocess.run(["git", "clone", "--depth=1", REPO_URL, "dvla_jax"], check=True)
   ROOT = os.path.abspath("dvla_jax")
-  packages = ["-r", os.path.join(ROOT, "requirements.txt")]
-  if shutil.which("nvidia-smi"):
-    packages.append("jax[cuda12]==0.10.2")
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
+  target = ROOT + ("[cuda]" if shutil.which("nvidia-smi") else "")
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", target], check=True)
 else:
   print("dvla_jax is importable; nothing to install")
 os.chdir(ROOT)

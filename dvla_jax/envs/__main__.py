@@ -1,6 +1,6 @@
 """The task suite from the command line: list tasks, record an expert episode, rate the experts.
 
-  python -m dvla_jax.envs --list
+  python -m dvla_jax.envs --list [--import_tasks=examples/custom_task.py]
   python -m dvla_jax.envs --task goal_stack_cubes --video stack.gif [--size 128]
       [--camera front,wrist] [--seed 0]
   python -m dvla_jax.envs --experts [--task NAME] [--episodes 16] [--out experts.json]
@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 
+from dvla_jax.envs import custom
 from dvla_jax.envs import experts
+from dvla_jax.envs import mjx_env
 from dvla_jax.envs import registry
 from dvla_jax.envs import video
 
@@ -29,6 +31,9 @@ def _list_lines() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m dvla_jax.envs", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--import_tasks", default="",
+                      help="comma-separated task modules (files or module names) that "
+                           "register tasks of their own, as env.import_tasks")
   parser.add_argument("--list", action="store_true",
                       help="print every task: name, suite, description")
   parser.add_argument("--task", help="a task name (see --list)")
@@ -43,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--episodes", type=int, default=16, help="episodes per task (--experts)")
   parser.add_argument("--out", help="also write the --experts table to this JSON file")
   args = parser.parse_args(argv)
+  mjx_env.init_warp_quietly()
 
   try:
+    if args.import_tasks:
+      custom.import_tasks(args.import_tasks)
     if args.list:
       print("\n".join(_list_lines()))
       return 0
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cameras = tuple(c.strip() for c in args.camera.split(",") if c.strip())
     result = video.record_expert_video(args.task, args.video, args.size, cameras, args.seed,
                                        args.steps)
-  except (registry.UnknownTaskError, ValueError) as e:
+  except (registry.UnknownTaskError, ValueError, NotImplementedError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   outcome = "succeeded" if result["success"] else "did not succeed"

@@ -10,6 +10,9 @@ MJX Warp renderer needs the number of worlds up front, so an env is built for on
 """
 
 import dataclasses
+import os
+import sys
+import tempfile
 from typing import Any
 
 from brax.envs import base as brax_base
@@ -28,6 +31,35 @@ State = brax_base.State
 # Warp prints a line per compiled kernel module otherwise.
 warp.config.quiet = True
 warp.config.log_level = warp.LOG_WARNING
+
+# What Warp's native library prints to stderr when it starts on a machine without a GPU.
+_NO_CUDA_LINE = b"Warp CUDA warning: Could not find or load the NVIDIA CUDA driver"
+
+
+def init_warp_quietly() -> None:
+  """Starts Warp now, dropping its "no CUDA driver" warning from stderr.
+
+  Warp's native library prints that line unconditionally (not through `warp.config.quiet`) on
+  every machine without an NVIDIA driver, where it says nothing the user needs. Anything else
+  Warp writes to stderr while starting is passed through. Later `warp.init()` calls (MJX's)
+  are no-ops, and so is this one after the first.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      warp.init()
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [line for line in captured.read().splitlines(keepends=True)
+              if not line.startswith(_NO_CUDA_LINE)]
+  if kept:
+    sys.stderr.buffer.write(b"".join(kept))
+    sys.stderr.flush()
+
 
 # Proprioception (positions in metres) is multiplied by this in observations.
 PROPRIO_SCALE = 4.0

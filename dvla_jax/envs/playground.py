@@ -30,8 +30,10 @@ Example:
 """
 
 import dataclasses
+import difflib
 import importlib.util
 import re
+import sys
 from typing import Any, Callable, Mapping
 
 from brax.envs import base as brax_base
@@ -213,6 +215,32 @@ def _flat_state_obs(obs) -> jax.Array:
   return jnp.concatenate([jnp.ravel(obs[k]) for k in keys])
 
 
+PREFIX = "playground:"  # `env.task=playground:CartpoleBalance` names a Playground task.
+PACKAGE_HINT = "pip install playground==0.2.0 (or the project's dev extra: pip install -e .[dev])"
+
+
+class PlaygroundMissingError(ImportError):
+  """A Playground task was asked for without the `playground` package installed."""
+
+
+def check_name(name: str) -> None:
+  """Raises (one line) unless `name` is a dm_control_suite task that `make` can build.
+
+  Raises:
+    PlaygroundMissingError: the `playground` package is not installed.
+    ValueError: an unknown task (the message lists the closest ones).
+  """
+  if not playground_available():
+    raise PlaygroundMissingError(f"the Playground task {name!r} needs the playground package; "
+                                 f"allowed: {PACKAGE_HINT}")
+  from mujoco_playground import dm_control_suite  # pylint: disable=g-import-not-at-top
+
+  if name not in dm_control_suite.ALL_ENVS:
+    close = difflib.get_close_matches(name, dm_control_suite.ALL_ENVS, n=3, cutoff=0.3)
+    raise ValueError(f"unknown Playground task {name!r}; allowed: dm_control_suite tasks "
+                     f"(closest: {', '.join(close or dm_control_suite.ALL_ENVS[:3])})")
+
+
 def make(name: str, config: mjx_env.EnvConfig, **kwargs) -> PlaygroundAdapter:
   """Builds Playground's dm_control_suite task `name` behind the adapter.
 
@@ -227,21 +255,19 @@ def make(name: str, config: mjx_env.EnvConfig, **kwargs) -> PlaygroundAdapter:
   Returns:
     The single-world adapter.
   """
-  try:
-    from mujoco_playground import dm_control_suite  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("playground tasks need the `playground` package (pip install "
-                      "playground)") from e
-  if name not in dm_control_suite.ALL_ENVS:
-    raise ValueError(f"unknown Playground task {name!r}; allowed: "
-                     f"{', '.join(dm_control_suite.ALL_ENVS)}")
+  check_name(name)
+  from mujoco_playground import dm_control_suite  # pylint: disable=g-import-not-at-top
+
   env = dm_control_suite.load(name, config_overrides={"impl": config.impl})
   return PlaygroundAdapter(env, name, config, **kwargs)
 
 
 def playground_available() -> bool:
   """Whether `make` can load Playground's tasks (the `playground` package is installed)."""
+  if "mujoco_playground" in sys.modules:
+    return sys.modules["mujoco_playground"] is not None  # None: imports of it are blocked.
   return importlib.util.find_spec("mujoco_playground") is not None
 
 
-__all__ = ["PlaygroundAdapter", "make", "playground_available", "task_words"]
+__all__ = ["PREFIX", "PlaygroundAdapter", "PlaygroundMissingError", "check_name", "make",
+           "playground_available", "task_words"]

@@ -9,7 +9,9 @@ from brax.envs.wrappers import training as brax_wrappers
 import jax
 import jax.numpy as jnp
 
+from dvla_jax.envs import custom
 from dvla_jax.envs import mjx_env
+from dvla_jax.envs import playground
 from dvla_jax.envs import suite
 from dvla_jax.envs import tasks
 from dvla_jax.envs import touch
@@ -25,6 +27,33 @@ for _spec in tasks.TASKS:
 
 
 SUITE_PREFIX = "suite:"
+
+
+def register_task(definition: custom.TaskDefinition) -> None:
+  """Adds a task of your own to the registry (see `dvla_jax.envs.custom`).
+
+  Raises:
+    custom.TaskDefinitionError: the name is taken, or the definition is incomplete or its
+      scene does not compile (one line).
+  """
+  if not isinstance(definition, custom.TaskDefinition):
+    raise custom.TaskDefinitionError(
+        f"register_task got a {type(definition).__name__}; allowed: an envs.TaskDefinition")
+  if definition.name in _TASKS:
+    raise custom.TaskDefinitionError(
+        f"task {definition.name!r} is already registered; allowed: a new name (registered: "
+        f"{len(_TASKS)} tasks, `python -m dvla_jax.envs --list`)")
+  env_class = custom.make_class(definition)
+  _TASKS[definition.name] = (env_class, env_class, definition.suite,
+                             definition.description or f"user task: {definition.instructions[0]}")
+
+
+def has_expert(name: str) -> bool:
+  """Whether task `name` has a scripted expert (for SFT and the RL warm start)."""
+  if name.startswith(playground.PREFIX):
+    return False  # Playground tasks come without scripted experts.
+  check_task(name)
+  return custom.has_expert(_TASKS[name][1])
 
 
 class UnknownTaskError(KeyError):
@@ -71,14 +100,20 @@ def check_task(name: str) -> None:
 def resolve_tasks(spec: str) -> list[str]:
   """The tasks a task spec names, in order.
 
-  A spec is one registered task (`touch_cube`), a whole suite (`suite:goal`), or a
-  comma-separated list of suite tasks (`goal_push_cube,goal_place_cube`); a suite or a list
-  runs in one `SuiteEnv` (see `make`).
+  A spec is one registered task (`touch_cube`), a whole suite (`suite:goal`), a
+  comma-separated list of suite tasks (`goal_push_cube,goal_place_cube`), or a MuJoCo
+  Playground dm_control_suite task (`playground:CartpoleBalance`); a suite or a list runs in
+  one `SuiteEnv` (see `make`).
 
   Raises:
     UnknownTaskError: an unknown task or suite (one line naming the closest ones).
-    ValueError: a list holding a stand-alone task, or an entry that is empty or repeated.
+    ValueError: a list holding a stand-alone task, or an entry that is empty or repeated; an
+      unknown Playground task.
+    playground.PlaygroundMissingError: a Playground task without the playground package.
   """
+  if spec.startswith(playground.PREFIX):
+    playground.check_name(spec[len(playground.PREFIX):])
+    return [spec]
   if spec.startswith(SUITE_PREFIX):
     name = spec[len(SUITE_PREFIX):]
     if name not in tasks.SUITES:
@@ -134,6 +169,9 @@ def make(spec: str, config: mjx_env.EnvConfig | None = None) -> mjx_env.Tabletop
   names = resolve_tasks(spec)
   if len(names) > 1:
     return make_multi(names, config)
+  if names[0].startswith(playground.PREFIX):
+    # Playground's own episode length (divided by H) when the config leaves it open.
+    return playground.make(names[0][len(playground.PREFIX):], config or mjx_env.EnvConfig())
   return _TASKS[names[0]][0](default_config(names[0], config))
 
 

@@ -11,15 +11,21 @@ whose observations or actions do not fit the model is reported in one line and s
 Videos replay a few episodes per task at `--video_size` pixels (0: the observation frames,
 upscaled) as GIF, or MP4 when imageio-ffmpeg is installed.
 
+Tasks registered by modules of your own (`env.import_tasks`, see `dvla_jax/envs/custom.py`)
+are imported from the run's `config.json`, and from `--import_tasks`.
+
 Bad input (no checkpoint in the workdir, an unknown suite or task, an impossible number, no
 task that fits the checkpoint) prints one line per problem to stderr and exits with status 2.
 """
 
+import json
+import os
 import sys
 from typing import NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from dvla_jax.evaluate import paths
 
@@ -44,6 +50,27 @@ _NUM_ENVS = flags.DEFINE_integer("num_envs", 0, "Worlds per env batch (0: the ru
 _EPISODE_LENGTH = flags.DEFINE_integer("episode_length", 0,
                                        "Episode limit in policy steps (0: the run's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the layouts and sampled actions.")
+_IMPORT_TASKS = flags.DEFINE_string(
+    "import_tasks", "", "Task modules to import (comma-separated files or module names), in "
+    "addition to the run's own env.import_tasks (read from WORKDIR/config.json).")
+
+
+def _import_tasks(workdir: str) -> None:
+  """Imports the run's `env.import_tasks` and --import_tasks, so their tasks are registered."""
+  specs = [_IMPORT_TASKS.value]
+  config_file = os.path.join(workdir, "config.json")
+  if os.path.isfile(config_file):
+    with open(config_file, encoding="utf-8") as f:
+      specs.append(json.load(f).get("env", {}).get("import_tasks", ""))
+  spec = ",".join(s for s in specs if s)
+  if not spec:
+    return
+  from dvla_jax.envs import custom  # pylint: disable=g-import-not-at-top
+
+  try:
+    custom.import_tasks(spec)
+  except (custom.ImportTasksError, custom.TaskDefinitionError) as e:
+    _fail(str(e))
 
 
 def _fail(message: str) -> NoReturn:
@@ -101,8 +128,13 @@ def main(argv: Sequence[str]) -> None:
   workdir = _WORKDIR.value
   if not paths.has_checkpoint(workdir):
     _fail(f"--workdir={workdir}: no checkpoint in {paths.checkpoint_dir(workdir)}")
+  if not flags.FLAGS["verbosity"].present:  # absl INFO (JAX's backend probes, ...) is opt-in.
+    logging.set_verbosity(logging.WARNING)
+  _import_tasks(workdir)
   tasks = _task_names()
   # Imported after the cheap checks: JAX, MuJoCo and the model take seconds to load.
+  from dvla_jax.envs import mjx_env  # pylint: disable=g-import-not-at-top
+  mjx_env.init_warp_quietly()
   from dvla_jax.evaluate import report  # pylint: disable=g-import-not-at-top
   from dvla_jax.evaluate import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -124,5 +156,10 @@ def main(argv: Sequence[str]) -> None:
   print(f"results: {out}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Entry point: `python -m dvla_jax.evaluate`, or the `dvla-eval` console script."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

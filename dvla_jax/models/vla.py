@@ -228,7 +228,10 @@ class VLA(nnx.Module):
 
     Args:
       obs: {"image": uint8 [B, num_cameras, S, S, 3], "text": int32 [B, L] with
-        L <= max_text_len (0 = padding), "proprio": float [B, proprio_dim]}.
+        L <= max_text_len (0 = padding), "proprio": float [B, proprio_dim]}. Without
+        "image" (or with None) the prefix holds the text and proprio tokens only; a blank
+        (all-zero) image, as the Playground adapter gives for an env without a camera, is
+        encoded like any other.
 
     Returns:
       (logits float32 [B, H, D, num_bins], value float32 [B]).
@@ -238,7 +241,10 @@ class VLA(nnx.Module):
     batch, text_len = text.shape
     if text_len > c.max_text_len:
       raise ValueError(f"text length {text_len} exceeds max_text_len {c.max_text_len}")
-    img = self._encode_images(obs["image"])
+    if obs.get("image") is not None:
+      img = self._encode_images(obs["image"])
+    else:  # A proprioception-only observation (an env without a camera): no image tokens.
+      img = jnp.zeros((batch, 0, c.width), dt)
     txt = jnp.take(self.text_embed[...], text, axis=0).astype(dt)
     txt = txt + self.text_pos[:text_len].astype(dt)
     pro = self.proprio_embed(obs["proprio"])[:, None]

@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dvla_jax.training import config_check
+
 # Bumped when the layout of the items changes incompatibly.
 FORMAT_VERSION = 1
 
@@ -45,6 +47,50 @@ def _jsonable(value: Any) -> Any:
 def _abstract(tree: Any) -> Any:
   """Shape/dtype/sharding of every leaf; leaves that already are abstract stay as they are."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+# Config fields that decide the shapes of the saved parameters: a run resumes only with the
+# same values.
+SHAPE_FIELDS = ("model.preset", "model.action_horizon", "model.action_head")
+
+
+def _field(config: Mapping[str, Any], path: str) -> Any:
+  node = config
+  for key in path.split("."):
+    if not isinstance(node, Mapping) or key not in node:
+      return None
+    node = node[key]
+  return node
+
+
+def check_workdir(config: Any, workdir: str) -> None:
+  """`check_compatible` on `workdir/checkpoints` if that exists; creates nothing."""
+  directory = os.path.join(workdir, "checkpoints")
+  if "://" in workdir or not os.path.isdir(directory):
+    return
+  with Checkpointer(directory) as ckpt:
+    check_compatible(ckpt, config)
+
+
+def check_compatible(ckpt: "Checkpointer", config: Any) -> None:
+  """Raises IncompatibleCheckpointError (one line naming both values) if the newest checkpoint
+  in `ckpt` was saved by a run whose model differs from `config`'s in a `SHAPE_FIELDS` field.
+  Nothing is read but the metadata, and nothing is written."""
+  if ckpt.latest_step() is None:
+    return
+  saved = ckpt.metadata().get("config") or {}
+  wanted = _jsonable(config)
+  for path in SHAPE_FIELDS:
+    old, new = _field(saved, path), _field(wanted, path)
+    if old is not None and new is not None and old != new:
+      raise IncompatibleCheckpointError(
+          f"{ckpt.directory} holds a checkpoint (step {ckpt.latest_step()}) of {path}="
+          f"{old!r}, this run has {path}={new!r}; allowed: {path}={old!r} to resume it, or a "
+          "new workdir (nothing was overwritten)")
+
+
+class IncompatibleCheckpointError(config_check.ConfigError):
+  """The workdir's checkpoint was saved by a run with another model (one line)."""
 
 
 class Checkpointer:

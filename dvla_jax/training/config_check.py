@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import math
 import os
+import sys
 from typing import Any, Callable, Collection, Mapping, Optional, Union
 
 import ml_collections
@@ -93,6 +94,7 @@ _RULES: dict[str, _Rule] = {
     "mode": _choice("rl", "sft"),
     "pipeline": _choice("sync", "async"),
     "env.task": _Rule(str),
+    "env.import_tasks": _Rule(str),
     "env.num_envs": _int(ge=1),
     "env.episode_length": _int(ge=0),
     "env.image_size": _int(ge=32, le=128),
@@ -162,6 +164,7 @@ _RULES: dict[str, _Rule] = {
     "train.checkpoint_every": _int(ge=1),
     "train.keep_checkpoints": _int(ge=1),
     "train.max_bad_updates": _int(ge=1),
+    "train.wandb_project": _Rule(str),
     "testing.fault_lane": _choice("", "sampling", "inference", "gradient", "distribution"),
     "testing.fault_after": _int(ge=0),
     "testing.nan_from": _int(ge=-1),
@@ -219,6 +222,30 @@ def _check_name(path: str, value: str, names: NameSource) -> None:
 _SUITE_PREFIX = "suite:"  # As `dvla_jax.envs.SUITE_PREFIX`.
 
 
+_PLAYGROUND_PREFIX = "playground:"
+
+
+def installed(module: str) -> bool:
+  """Whether `module` can be imported (without importing it)."""
+  if module in sys.modules:
+    return sys.modules[module] is not None  # None: imports of it are blocked.
+  return importlib.util.find_spec(module) is not None
+
+
+def _check_playground(path: str, spec: str) -> None:
+  """`playground:<dm_control_suite task>`: the package must be installed and know the task."""
+  name = spec[len(_PLAYGROUND_PREFIX):]
+  if not installed("mujoco_playground"):
+    raise ConfigError(f"{path}={spec!r} needs the playground package; allowed: pip install "
+                      "playground==0.2.0 (or the project's dev extra: pip install -e .[dev])")
+  adapter = _optional_module("dvla_jax.envs.playground")
+  if adapter is not None:
+    try:
+      adapter.check_name(name)
+    except ValueError as e:
+      raise ConfigError(f"{path}={spec!r}: {e}") from None
+
+
 def _check_task_spec(path: str, spec: str, names: NameSource) -> None:
   """A task spec as `dvla_jax.envs.resolve_tasks` reads it: a task, `suite:<suite>`, or a
   comma-separated list of suite tasks.
@@ -226,6 +253,9 @@ def _check_task_spec(path: str, spec: str, names: NameSource) -> None:
   `names` maps each task to its suite ("" for a stand-alone task); a plain list of names
   allows checking the names only.
   """
+  if spec.startswith(_PLAYGROUND_PREFIX):
+    _check_playground(path, spec)
+    return
   allowed = _resolve(names)
   if allowed is None:
     return
@@ -407,7 +437,8 @@ def load_config_file(argument: str) -> ml_collections.ConfigDict:
   """The config a `path[:arg]` config file builds (`--config=` of `dvla_jax.main`), unlocked.
 
   Raises:
-    ValueError: no file at `path` (one line).
+    ValueError: no file at `path`, or no `get_config` in it (one line).
+    Exception: whatever the file or its `get_config` raises.
   """
   path, *arg = argument.split(":", 1)
   if not os.path.isfile(path):
@@ -416,7 +447,11 @@ def load_config_file(argument: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location("_dvla_config_file", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(*arg)
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ValueError(f"--config={argument}: {path} defines no get_config(); allowed: a config "
+                     "file with get_config(arg='') returning an ml_collections.ConfigDict")
+  return get_config(*arg)
 
 
 def _optional_module(name: str):

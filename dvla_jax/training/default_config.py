@@ -15,6 +15,9 @@ Fields:
     --list`), `suite:<suite>` (every task of a suite: spatial, object, goal, long) or suite
     task names separated by commas. Several tasks run in one env (one compiled scene), the
     tasks taking turns over its worlds; evaluations report each task's success too.
+  env.import_tasks: task modules to import before the run, comma-separated .py files or
+    module names ("" = none); each registers tasks of its own with `envs.register_task`
+    (`dvla_jax/envs/custom.py`, `examples/custom_task.py`), which env.task can then name.
   env.num_envs: parallel environments in total (N), split evenly over the env groups; in a
     run of several processes, each process's (an update learns from every process's slot).
   env.episode_length: policy steps per episode (each step executes one action chunk); 0 takes
@@ -132,6 +135,9 @@ Fields:
   train.checkpoint_every: iterations between checkpoints (also saved at the end).
   train.keep_checkpoints: how many checkpoints to keep.
   train.max_bad_updates: this many skipped (non-finite) updates in a row halt the run.
+  train.wandb_project: also log every metric to this Weights & Biases project ("" = off);
+    needs the optional `wandb` package (`pip install wandb`); WANDB_MODE=offline logs to
+    `<workdir>/wandb` without an account. The W&B run is named after the workdir.
 
   testing.fault_lane: test hook; "" (off) or a lane name whose loop raises an error after
     `testing.fault_after` steps.
@@ -157,6 +163,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.env = ml_collections.ConfigDict()
   config.env.task = "touch_cube"
+  config.env.import_tasks = ""
   config.env.num_envs = 128
   config.env.episode_length = 0
   config.env.image_size = 32
@@ -231,6 +238,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 25
   config.train.keep_checkpoints = 2
   config.train.max_bad_updates = 3
+  config.train.wandb_project = ""
 
   config.testing = ml_collections.ConfigDict()
   config.testing.fault_lane = ""

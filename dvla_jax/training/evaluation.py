@@ -8,6 +8,7 @@ trained policy does, argmax what its mode does.
 """
 
 import math
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ from dvla_jax.training.builders import Components
 _DONE_CHECK_EVERY = 4
 
 
-def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int) -> dict[str, float]:
+def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int,
+             on_round: Optional[Callable[[], None]] = None) -> dict[str, float]:
   """Runs ceil(num_episodes / num_envs) rounds of one episode per env from fresh layouts.
 
   Only the first episode of each env counts (later ones are auto-resets); it ends at its
@@ -33,6 +35,7 @@ def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int) -> dic
     params: policy parameters.
     rng: key for the layouts and sampled actions; the same key gives the same episodes.
     num_episodes: episodes to score (rounded up to a multiple of the batch).
+    on_round: called after each round is dispatched (a progress bar's `advance`).
 
   Returns:
     "eval/success_rate" (sampled actions; with several tasks the mean of the per-task rates),
@@ -42,13 +45,15 @@ def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int) -> dic
   """
   names = envs.resolve_tasks(comp.config.env.task)
   num_envs = comp.config.env.num_envs
-  rounds = max(1, math.ceil(num_episodes / num_envs))
+  rounds = num_rounds(num_episodes, num_envs)
   sampled, greedy = [], []
   for r in range(rounds):
     round_rng = jax.random.fold_in(rng, r)
     tasks = (r * num_envs + np.arange(num_envs)) % len(names)
     sampled.append(_episode(comp, params, round_rng, tasks, greedy=False))
     greedy.append(_episode(comp, params, round_rng, tasks, greedy=True))
+    if on_round is not None:
+      on_round()
   sampled, greedy = (jax.tree.map(lambda *x: np.concatenate(x), *jax.device_get(runs))
                      for runs in (sampled, greedy))
   task = np.arange(rounds * num_envs) % len(names)
@@ -69,6 +74,11 @@ def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int) -> dic
       "eval/episodes": int(success.size),
       **out,
   }
+
+
+def num_rounds(num_episodes: int, num_envs: int) -> int:
+  """Rounds of `num_envs` episodes that `evaluate` plays for `num_episodes`."""
+  return max(1, math.ceil(num_episodes / num_envs))
 
 
 def _episode(comp: Components, params, rng, tasks: np.ndarray, greedy: bool):

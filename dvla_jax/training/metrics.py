@@ -1,4 +1,5 @@
-"""Metric writers chosen by `main`: JSON lines, TensorBoard scalars and a console line.
+"""Metric writers chosen by `main`: JSON lines, TensorBoard scalars, a console line, and
+optionally Weights & Biases.
 
 Library code never writes metrics itself: it hands a flat dict of namespaced scalars
 (`learner/policy_loss`, `rollout/success_rate`, `eval/success_rate`, `sim/env_steps`, ...)
@@ -8,8 +9,11 @@ per log interval with `device_get_metrics`.
 Files (process 0 only, so that a multi-host run writes each line once):
   <workdir>/metrics.jsonl   one JSON object per `write`: {"step": step, **metrics}
   <workdir>/tb/             TensorBoard event files, one scalar per key
+  W&B (`train.wandb_project`)  the same scalars, when the optional `wandb` package is
+                            installed (offline runs too: WANDB_MODE=offline)
 """
 
+import hashlib
 import json
 import math
 import os
@@ -18,9 +22,10 @@ from typing import Any, Mapping, Optional, Union
 
 import jax
 import numpy as np
-import rich.console
 import rich.text
 import tensorboardX
+
+from dvla_jax.training import console as console_lib
 
 Scalar = Union[float, int]
 
@@ -28,6 +33,9 @@ Scalar = Union[float, int]
 _STEPS_PER_S_KEYS = ("sim/env_steps_per_s", "env_steps_per_s")
 _ENV_STEPS_KEYS = ("sim/env_steps", "env_steps")
 _CONSOLE_KEYS = (
+    ("sft/loss", "loss", "{:.3f}"),
+    ("sft/token_accuracy", "token accuracy", "{:.3f}"),
+    ("sft/holdout_loss", "held-out loss", "{:.3f}"),
     ("rollout/success_rate", "rollout success", "{:.2f}"),
     ("learner/policy_loss", "policy loss", "{:.4f}"),
     ("learner/value_loss", "value loss", "{:.4f}"),
@@ -75,20 +83,47 @@ def _format(value: Scalar, spec: str) -> str:
   return spec.format(value) if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
+class WandbMissingError(ImportError):
+  """`train.wandb_project` is set but the optional `wandb` package is not installed."""
+
+
+def open_wandb(project: str, workdir: str, config: Optional[Mapping[str, Any]] = None):
+  """A W&B run for `workdir` in `project` (resumed if it exists), or WandbMissingError."""
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise WandbMissingError(f"train.wandb_project={project!r} needs the optional wandb package;"
+                            " allowed: pip install wandb, or train.wandb_project=''") from None
+  name = os.path.basename(os.path.normpath(workdir)) or "run"
+  # One W&B run per workdir: a resumed run continues it, another workdir of the same name
+  # does not.
+  digest = hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:8]
+  run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:48] + "-" + digest
+  return wandb.init(project=project, name=name, id=run_id, resume="allow",
+                    dir=workdir if "://" not in workdir else None,
+                    config=dict(config) if config is not None else None)
+
+
 class MetricsWriter:
   """Writes each metrics dict to metrics.jsonl, TensorBoard and a console line."""
 
-  def __init__(self, workdir: str, total_iterations: int, console: bool = True):
+  def __init__(self, workdir: str, total_iterations: int, console: bool = True,
+               wandb_project: str = "", config: Optional[Mapping[str, Any]] = None):
     """Opens the writers (only on process 0; other processes write nothing).
 
     Args:
       workdir: run directory; created if missing.
       total_iterations: N in the console's "iteration i/N".
       console: print one progress line per `write`.
+      wandb_project: also log to this W&B project ("" = no W&B); the run is named after the
+        workdir and resumes with it.
+      config: the run config, stored with the W&B run.
     """
     self._total = total_iterations
     self._enabled = jax.process_index() == 0
-    self._console = rich.console.Console(highlight=False) if console and self._enabled else None
+    self._console = console_lib.get() if console and self._enabled else None
+    self._first_write: Optional[tuple[int, float]] = None  # (iteration, wall time)
+    self._wandb = None
     self._last_eval: Optional[Scalar] = None
     self._last_env_steps: Optional[tuple[float, float]] = None  # (env steps, wall time)
     self._jsonl = None
@@ -98,6 +133,8 @@ class MetricsWriter:
       self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
       self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"))
+      if wandb_project:
+        self._wandb = open_wandb(wandb_project, workdir, config)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Records `metrics` (flat dict of scalars) for iteration `step`.
@@ -115,6 +152,8 @@ class MetricsWriter:
     for key, value in values.items():
       self._tb.add_scalar(key, float(value), global_step=int(step))
     self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log(values, step=int(step))
     if self._console is not None:
       self._console.print(self._progress_line(int(step), values), soft_wrap=True)
 
@@ -133,6 +172,13 @@ class MetricsWriter:
 
   def _progress_line(self, step: int, values: Mapping[str, Scalar]) -> rich.text.Text:
     line = rich.text.Text()
+    if "warmstart/step" in values:  # The warm start's own progress, before iteration 0.
+      line.append(f"warm start step {values['warmstart/step']}", style="bold")
+      for key, label in (("warmstart/loss", "loss"), ("warmstart/token_accuracy",
+                                                      "token accuracy")):
+        if key in values:
+          line.append(f" | {label} {_format(values[key], '{:.3f}')}")
+      return line
     line.append(f"iteration {step}/{self._total}", style="bold")
     rate = self._steps_per_s(values)
     if rate is not None:
@@ -140,12 +186,31 @@ class MetricsWriter:
     if "eval/success_rate" in values:
       self._last_eval = values["eval/success_rate"]
       line.append(f" | eval success {_format(self._last_eval, '{:.2f}')}", style="green")
+      if "eval/episode_return" in values:
+        line.append(f" | eval return {_format(values['eval/episode_return'], '{:.2f}')}")
     elif self._last_eval is not None:
       line.append(f" | eval success {_format(self._last_eval, '{:.2f}')} (latest)")
     for key, label, spec in _CONSOLE_KEYS:
       if key in values:
         line.append(f" | {label} {_format(values[key], spec)}")
+    eta = self._eta(step)
+    if eta is not None:
+      line.append(f" | ETA {eta}")
     return line
+
+  def _eta(self, step: int) -> Optional[str]:
+    """Time left at the mean time per iteration since the first training write."""
+    now = time.perf_counter()
+    if step >= self._total:
+      return None
+    if self._first_write is None or step <= self._first_write[0]:
+      if step > 0 and self._first_write is None:
+        self._first_write = (step, now)
+      return None
+    first, since = self._first_write
+    left = (self._total - step) * (now - since) / (step - first)
+    minutes, seconds = divmod(int(round(left)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
   def close(self) -> None:
     """Flushes and closes the files."""
@@ -155,6 +220,9 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
 
   def __enter__(self) -> "MetricsWriter":
     return self

@@ -41,6 +41,7 @@ from dvla_jax.envs import demos as demos_lib
 from dvla_jax.training import builders
 from dvla_jax.training import checkpoints
 from dvla_jax.training import config_check
+from dvla_jax.training import console
 from dvla_jax.training import evaluation
 from dvla_jax.training import metrics as metrics_lib
 
@@ -96,8 +97,24 @@ def sft_step(graphdef, optimizer: optax.GradientTransformation, state, batch,
   return state, {f"sft/{k}": v for k, v in metrics.items()}
 
 
+def check_experts(config, why: str) -> None:
+  """ConfigError (one line) if a task of `env.task` has no scripted expert to record."""
+  for name in envs.resolve_tasks(config.env.task):
+    if not envs.has_expert(name):
+      raise config_check.ConfigError(
+          f"{why} records the scripted expert, and task {name!r} has none; allowed: a task "
+          "with an expert (TaskDefinition.expert), or demonstrations in sft.demos")
+
+
+def recording_rounds(comp: builders.Components, num_rows: int) -> int:
+  """Rounds of `envs_per_group` rows that `record_demos` plays for `num_rows` per task."""
+  num_tasks = len(envs.resolve_tasks(comp.config.env.task))
+  return -(-num_rows * num_tasks // comp.envs_per_group)
+
+
 def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
-                 noise: float = 0.0) -> dict[str, np.ndarray]:
+                 noise: float = 0.0,
+                 on_round: Optional[Callable[[], None]] = None) -> dict[str, np.ndarray]:
   """Runs the task's scripted expert through the run's env and returns its steps.
 
   A row is `env.episode_length` steps of one env. The env resets itself when an episode ends
@@ -115,6 +132,7 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
     num_rows: rows to record (per task).
     noise: std of Gaussian noise added to the executed actions (the labels stay the expert's
       clean actions), so that the demonstrations also show how to recover from errors.
+    on_round: called after each round of `envs_per_group` rows (a progress bar's `advance`).
 
   Returns:
     Flat steps (see `demo_steps`), plus `task` int32 [M] (the step's index into
@@ -133,7 +151,7 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
 
   parts = []
   total = num_rows * num_tasks
-  for r in range(-(-total // comp.envs_per_group)):
+  for r in range(recording_rounds(comp, num_rows)):
     reset_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, r))
     recorded = np.arange(comp.envs_per_group) + r * comp.envs_per_group
     task = recorded % num_tasks
@@ -151,6 +169,8 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
                       keep=(recorded < total)[:, None] & ~np.any((done > 0) & (success == 0),
                                                                  axis=1, keepdims=True)
                       & np.ones(done.shape, bool)))
+    if on_round is not None:
+      on_round()
   flat = {k: np.concatenate([p[k].reshape((-1,) + p[k].shape[2:]) for p in parts])
           for k in parts[0]}
   keep = flat.pop("keep")
@@ -219,7 +239,11 @@ def load_or_record(config, comp: builders.Components, rng: jax.Array,
     if int(steps["rows"]) == total:
       del steps["rows"]
       return steps
-  steps = record_demos(comp, jax.random.fold_in(rng, _DEMOS), total, config.sft.expert_noise)
+  check_experts(config, "mode=sft")
+  with console.phase(f"recording {total} rows of expert demonstrations per task",
+                     recording_rounds(comp, total), "rounds") as bar:
+    steps = record_demos(comp, jax.random.fold_in(rng, _DEMOS), total, config.sft.expert_noise,
+                         on_round=bar.advance)
   if cache and jax.process_index() == 0:
     np.savez_compressed(cache, rows=np.int32(total), **steps)
   return steps
@@ -285,7 +309,9 @@ def train(config, workdir: str, progress_fn: Optional[Callable[[int, dict], None
   os.makedirs(workdir, exist_ok=True)
   writer = None
   if progress_fn is None:
-    writer = metrics_lib.MetricsWriter(workdir, config.train.iterations)
+    writer = metrics_lib.MetricsWriter(workdir, config.train.iterations,
+                                       wandb_project=config.train.wandb_project,
+                                       config=config.to_dict())
     progress_fn = writer.write
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
                                   max_to_keep=config.train.keep_checkpoints)
@@ -319,6 +345,7 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
                         out_shardings=placement.state_shardings(abstract, "learner"))(init_rng)
   latest = ckpt.latest_step()
   if latest is not None:
+    checkpoints.check_compatible(ckpt, config)
     meta = ckpt.metadata(latest)
     if meta.get("mode", "rl") != "sft":
       raise config_check.ConfigError(
@@ -369,8 +396,11 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
   def evaluate(step):
     params = train_state.params
     result = holdout_metrics(params)
-    result.update(evaluation.evaluate(eval_comp, jax.device_put(params, eval_device), eval_rng,
-                                      config.train.eval_episodes))
+    episodes = config.train.eval_episodes
+    with console.phase(f"evaluation at step {step}: {episodes} episodes, sampled and argmax",
+                       evaluation.num_rounds(episodes, config.env.num_envs), "rounds") as bar:
+      result.update(evaluation.evaluate(eval_comp, jax.device_put(params, eval_device),
+                                        eval_rng, episodes, on_round=bar.advance))
     progress_fn(step, result)
     return result
 
@@ -382,19 +412,22 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
   result = evaluate(0) if start == 0 else {}
   stream = batches(train_steps, batch_size, seed=config.seed * 1_000_003 + start)
   window = time.perf_counter()
-  for step in range(start + 1, total + 1):
-    batch = placement.put_batch(to_batch(next(stream), mc), "learner")
-    train_state, metrics = step_fn(train_state, batch)
-    if step % config.train.log_every == 0 or step == total:
-      values = metrics_lib.device_get_metrics(metrics)
-      now = time.perf_counter()
-      values["sft/samples_per_s"] = config.train.log_every * batch_size / max(now - window, 1e-9)
-      window = now
-      progress_fn(step, values)
-    if step % config.train.eval_every == 0 or step == total:
-      result = evaluate(step)
-    if step % config.train.checkpoint_every == 0 or step == total:
-      save(step)
+  with console.phase(f"SFT: behaviour cloning from step {start}", total - start) as bar:
+    for step in range(start + 1, total + 1):
+      batch = placement.put_batch(to_batch(next(stream), mc), "learner")
+      train_state, metrics = step_fn(train_state, batch)
+      bar.advance()
+      if step % config.train.log_every == 0 or step == total:
+        values = metrics_lib.device_get_metrics(metrics)
+        now = time.perf_counter()
+        values["sft/samples_per_s"] = (config.train.log_every * batch_size /
+                                       max(now - window, 1e-9))
+        window = now
+        progress_fn(step, values)
+      if step % config.train.eval_every == 0 or step == total:
+        result = evaluate(step)
+      if step % config.train.checkpoint_every == 0 or step == total:
+        save(step)
   if start >= total:
     result = evaluate(start)
   return {"step": max(start, total), **result}

@@ -27,6 +27,7 @@ import numpy as np
 
 from dvla_jax import models
 from dvla_jax import parallel
+from dvla_jax.envs import mjx_env
 from dvla_jax.swimlanes import pipeline as async_pipeline
 from dvla_jax.swimlanes import stages
 from dvla_jax.swimlanes import sync
@@ -36,6 +37,7 @@ from dvla_jax.swimlanes.tracing import Tracer
 from dvla_jax.training import builders
 from dvla_jax.training import checkpoints
 from dvla_jax.training import config_check
+from dvla_jax.training import console
 from dvla_jax.training import evaluation
 from dvla_jax.training import metrics as metrics_lib
 from dvla_jax.training import sft
@@ -77,7 +79,9 @@ def train(config, workdir: str, progress_fn: Optional[Callable[[int, dict], None
   os.makedirs(workdir, exist_ok=True)
   writer = None
   if progress_fn is None:
-    writer = metrics_lib.MetricsWriter(workdir, config.train.iterations)
+    writer = metrics_lib.MetricsWriter(workdir, config.train.iterations,
+                                       wandb_project=config.train.wandb_project,
+                                       config=config.to_dict())
     progress_fn = writer.write
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
                                   max_to_keep=config.train.keep_checkpoints)
@@ -113,6 +117,29 @@ def _stop_on_sigterm(stop: threading.Event):
     signal.signal(signal.SIGTERM, previous)
 
 
+def init_backends(config) -> None:
+  """Starts the simulator's backend before anything prints: Warp (env.impl='warp') without
+  its no-GPU warning on machines that have no NVIDIA driver."""
+  if config.env.impl == "warp":
+    mjx_env.init_warp_quietly()
+
+
+def summary(config) -> str:
+  """One line saying what the run is: mode, task, model, pipeline, placement and devices."""
+  p = config.placement
+  mesh = lambda m: f"{m.data}x{m.fsdp}x{m.tensor}"  # noqa: E731
+  params = models.count_params(models.get_preset(config.model.preset))
+  mode = "sft" if config.mode == "sft" else f"rl {config.rl.algo}"
+  devices = jax.devices()
+  kinds = sorted({d.platform for d in devices})
+  processes = jax.process_count()
+  return (f"dvla_jax {mode} | task {config.env.task} | model {config.model.preset} "
+          f"({params / 1e6:.2f}M params) | pipeline {config.pipeline} | placement "
+          f"{p.mode}: sim {p.sim.devices}, actor {mesh(p.actor)}, learner {mesh(p.learner)} "
+          f"(data x fsdp x tensor) | devices {len(devices)} {'+'.join(kinds)}"
+          f"{f' over {processes} processes' if processes > 1 else ''}")
+
+
 def make_placement(config) -> parallel.Placement:
   """The plane meshes of `config.placement`; a placement the devices cannot hold, or whose
   model axes do not divide the model's width, heads or MLP size, is a ConfigError (one line
@@ -140,6 +167,8 @@ class _Run:
     self.skipped_in_a_row = 0
     self.last_saved = None
     self.result = {}
+    self.compiling = None
+    self.evaluated = False
 
   def train(self, comp: Optional[builders.Components]) -> dict:
     config = self.config
@@ -155,6 +184,7 @@ class _Run:
     self.env_steps = 0
     latest = self.ckpt.latest_step()
     if latest is not None:
+      checkpoints.check_compatible(self.ckpt, config)
       train_state, meta = self.ckpt.restore(latest, train_state)
       self.env_steps = int(meta.get("env_steps", 0))
       self.last_saved = latest
@@ -191,6 +221,13 @@ class _Run:
     logging.info("set-up and first evaluation took %.1fs", time.perf_counter() - t0)
     self.window = (time.perf_counter(), 0)
     self.tracer.reset_window()
+    # The first iteration compiles the rollout and learner programs: a phase of its own on
+    # the console, which the first update's callback closes.
+    self.compiling = (contextlib.ExitStack() if start < total else None)
+    if self.compiling is not None:
+      self.compiling.enter_context(console.phase(
+          f"compiling the rollout and learner steps ({config.pipeline} pipeline; the first "
+          "iteration)", None))
     try:
       train_state, done = self.pipeline.run(train_state, start, total, self._on_update,
                                             self.stop)
@@ -198,6 +235,8 @@ class _Run:
       if isinstance(e.__cause__, BadUpdatesError):  # Raised by the callback, on a lane.
         raise e.__cause__ from None
       raise
+    finally:
+      self._compiled()
     if done < total:  # Stopped early: SIGTERM or the caller's stop event.
       logging.warning("stopped at iteration %d of %d; saving a checkpoint", done, total)
       if self.last_saved != done:
@@ -208,8 +247,14 @@ class _Run:
       self.result = self._evaluate(start, train_state.params)
     return {"step": max(start, total), **self.result}
 
+  def _compiled(self) -> None:
+    if self.compiling is not None:
+      self.compiling.close()
+      self.compiling = None
+
   def _on_update(self, iteration: int, state, metrics: dict) -> None:
     config = self.config
+    self._compiled()
     self.env_steps += self.steps_per_iter
     self.window = (self.window[0], self.window[1] + self.steps_per_iter)
     skipped = bool(np.asarray(jax.device_get(metrics["learner/skipped"])) > 0)
@@ -256,8 +301,14 @@ class _Run:
     # then this process's replica.
     params = parallel.local_replica(self.placement.gather(params))
     params = jax.device_put(params, self.eval_device)
-    result = evaluation.evaluate(self.eval_comp, params, self.eval_rng,
-                                 self.config.train.eval_episodes)
+    episodes = self.config.train.eval_episodes
+    rounds = evaluation.num_rounds(episodes, self.config.env.num_envs)
+    first = "" if self.evaluated else " (the first one compiles)"
+    self.evaluated = True
+    with console.phase(f"evaluation at iteration {iteration}: {episodes} episodes, sampled "
+                       f"and argmax{first}", rounds, "rounds") as bar:
+      result = evaluation.evaluate(self.eval_comp, params, self.eval_rng, episodes,
+                                   on_round=bar.advance)
     # The same episodes every time, so evaluations are comparable across iterations.
     self.progress_fn(iteration, {**result, "sim/env_steps": self.env_steps})
     return result

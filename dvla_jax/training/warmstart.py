@@ -17,6 +17,7 @@ import ml_collections
 
 from dvla_jax.training import builders
 from dvla_jax.training import config_check
+from dvla_jax.training import console
 from dvla_jax.training import sft
 from dvla_jax.training import steps as steps_lib
 
@@ -40,7 +41,12 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
     The cloned policy parameters.
   """
   rng = jax.random.fold_in(rng, _WARMSTART)
-  demos = sft.record_demos(comp, rng, config.sft.episodes, config.sft.expert_noise)
+  sft.check_experts(config, f"rl.warmstart_steps={config.rl.warmstart_steps}")
+  rounds = sft.recording_rounds(comp, config.sft.episodes)
+  with console.phase(f"warm start: recording {config.sft.episodes} rows of expert "
+                     "demonstrations per task", rounds, "rounds") as bar:
+    demos = sft.record_demos(comp, rng, config.sft.episodes, config.sft.expert_noise,
+                             on_round=bar.advance)
   n = len(demos["row"])
   if n == 0:
     raise config_check.ConfigError(
@@ -58,13 +64,15 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
   stream = sft.batches(demos, batch_size, seed=config.seed)
   total = config.rl.warmstart_steps
   log_every = max(1, total // 4)
-  for i in range(total):
-    batch = sft.to_batch(next(stream), comp.model_config)
-    state, metrics = step_fn(state, placement.put_batch(batch, "learner"))
-    if (i + 1) % log_every == 0 or i + 1 == total:
-      values = {k.replace("sft/", "warmstart/"): float(v)
-                for k, v in jax.device_get(metrics).items()}
-      values["warmstart/step"] = i + 1
-      progress_fn(0, values)
+  with console.phase(f"warm start: behaviour cloning on {n} expert steps", total) as bar:
+    for i in range(total):
+      batch = sft.to_batch(next(stream), comp.model_config)
+      state, metrics = step_fn(state, placement.put_batch(batch, "learner"))
+      bar.advance()
+      if (i + 1) % log_every == 0 or i + 1 == total:
+        values = {k.replace("sft/", "warmstart/"): float(v)
+                  for k, v in jax.device_get(metrics).items()}
+        values["warmstart/step"] = i + 1
+        progress_fn(0, values)
   logging.info("warm start: %d behaviour-cloning steps on %d expert steps", total, n)
   return state.params

@@ -30,6 +30,23 @@ def test_list_prints_every_task_with_its_suite():
     assert suite == (envs.task_suite(name) or "-") and description == envs.describe(name)
 
 
+def test_list_with_import_tasks_adds_the_user_task(tmp_path):
+  out = _run("--import_tasks=examples/custom_task.py", "--list")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == len(envs.list_tasks()) + 1
+  (line,) = [line for line in lines if line.startswith("hover_over_ball ")]
+  assert line.split(maxsplit=2)[1] == "examples"
+  video = tmp_path / "hover.gif"
+  out = _run("--import_tasks=examples/custom_task.py", "--task", "hover_over_ball", "--video",
+             str(video), "--size", "32")
+  assert out.returncode == 0, out.stderr
+  assert "the expert succeeded" in out.stdout and video.stat().st_size > 0
+  out = _run("--import_tasks=no_such_tasks.py", "--list")
+  assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+  assert "no such file 'no_such_tasks.py'" in out.stderr
+
+
 def test_unknown_task_is_one_line_with_the_closest_names():
   out = _run("--task", "no_such_task_xyz", "--video", "x.gif")
   assert out.returncode == 2

@@ -311,3 +311,20 @@ def test_sharded_init_eight_fake_devices():
   result = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+
+
+def test_observation_without_an_image_uses_text_and_proprio_only(tiny):
+  """An env without a camera: no "image" key (or None); the text and proprio still decide."""
+  config, model, obs = tiny
+  no_image = {k: v for k, v in obs.items() if k != "image"}
+  logits, value = _apply(model, no_image)
+  assert logits.shape == (3, config.action_horizon, config.action_dim, config.num_bins)
+  assert value.shape == (3,)
+  assert np.isfinite(np.asarray(logits)).all()
+  moved = dict(no_image, proprio=no_image["proprio"] + 1.0)
+  assert _max_diff(_apply(model, moved)[0], logits) > 1e-4
+  same, _ = _apply(model, dict(no_image, image=None))
+  np.testing.assert_allclose(np.asarray(same), np.asarray(logits), rtol=1e-6, atol=1e-6)
+  # A blank image is an image like any other: the model reads it through the patch encoder.
+  blank = dict(obs, image=np.zeros_like(obs["image"]))
+  assert _apply(model, blank)[0].shape == logits.shape

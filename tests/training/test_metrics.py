@@ -87,3 +87,26 @@ def test_device_get_metrics_flattens_and_converts():
 def test_rejects_non_scalar(tmp_path):
   with pytest.raises(ValueError, match="learner/x"):
     metrics.device_get_metrics({"learner/x": jnp.zeros(3)})
+
+
+def test_wandb_writer_logs_offline(tmp_path, monkeypatch):
+  """`wandb_project` adds a W&B run (offline here: no account, no network) with every scalar."""
+  pytest.importorskip("wandb")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  with metrics.MetricsWriter(str(tmp_path), total_iterations=2, console=False,
+                             wandb_project="dvla-test", config={"rl": {"lr": 1e-4}}) as writer:
+    writer.write(1, {"learner/policy_loss": 0.5, "eval/success_rate": 0.25})
+    writer.write(2, {"learner/policy_loss": 0.25})
+  runs = list((tmp_path / "wandb").glob("offline-run-*"))
+  assert len(runs) == 1
+  assert list(runs[0].glob("*.wandb")), "no W&B run file"
+  summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+  assert summary["learner/policy_loss"] == 0.25 and summary["eval/success_rate"] == 0.25
+
+
+def test_wandb_missing_is_one_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setitem(__import__("sys").modules, "wandb", None)
+  with pytest.raises(metrics.WandbMissingError, match="pip install wandb"):
+    metrics.MetricsWriter(str(tmp_path), total_iterations=1, console=False,
+                          wandb_project="p")
