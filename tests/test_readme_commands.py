@@ -189,7 +189,8 @@ def test_tiny_run_writes_its_workdir(tiny_run):
   assert max(r["step"] for r in records) == 2 and any("eval/success_rate" in r for r in records)
   assert any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
   assert list((workdir / "tb").glob("**/events.out.tfevents.*"))
-  assert "lr: 0.0001" in result.stderr  # The override reached the logged config.
+  # The override reached the run's resolved config.
+  assert json.loads((workdir / "config.json").read_text())["rl"]["lr"] == 1e-4
 
 
 @pytest.mark.slow

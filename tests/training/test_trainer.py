@@ -92,7 +92,9 @@ def _main(workdir, *overrides):
   args = [sys.executable, "-m", "dvla_jax.main", "--config=configs/demo.py:tiny",
           f"--workdir={workdir}", "--config.pipeline=async", "--config.swimlanes.env_groups=2",
           "--config.train.iterations=1000", "--config.train.eval_every=1000",
-          "--config.train.log_every=1", *overrides]
+          "--config.train.log_every=1",
+          "--verbosity=0",  # The resume's INFO line ("resumed from ...") is asserted on.
+          *overrides]
   return subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
