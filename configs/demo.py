@@ -15,7 +15,7 @@ or, for the seconds-long smoke configuration used by the tests:
   "tiny"  a seconds-long run: 8 envs, the `tiny` model, 2 iterations.
 """
 
-from dvla_jax.training import default_config
+from dvla_jax.config import default_config
 
 
 def get_config(arg: str = ""):

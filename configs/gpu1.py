@@ -12,7 +12,7 @@ and the memory plan (25.3 GiB on the device, bfloat16 compute):
     python tools/plan_memory.py --config=configs/gpu1.py --devices=1 --device_memory_gib=80
 """
 
-from dvla_jax.training import default_config
+from dvla_jax.config import default_config
 
 
 def get_config(arg: str = ""):

@@ -19,7 +19,7 @@ and the memory plan (learner GPUs 11.4 GiB each, the fullest):
     python tools/plan_memory.py --config=configs/gpu8.py --devices=8 --device_memory_gib=80
 """
 
-from dvla_jax.training import default_config
+from dvla_jax.config import default_config
 
 
 def get_config(arg: str = ""):

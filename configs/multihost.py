@@ -22,7 +22,7 @@ across processes) trains on two CPU processes in tests/multihost; this config it
 run on GPUs.
 """
 
-from dvla_jax.training import default_config
+from dvla_jax.config import default_config
 
 
 def get_config(arg: str = ""):

@@ -17,7 +17,7 @@ and the memory plan (inference chips 13.4 GiB each, the fullest):
     python tools/plan_memory.py --config=configs/tpu_pod.py --devices=64 --device_memory_gib=32
 """
 
-from dvla_jax.training import default_config
+from dvla_jax.config import default_config
 
 
 def get_config(arg: str = ""):

@@ -36,7 +36,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from dvla_jax.training import config_check
+from dvla_jax.config import config_check
 
 _USAGE_ERROR = 2
 CONFIG_FILE = "config.json"  # The resolved config, written to the workdir by every run.

@@ -86,7 +86,7 @@ def _setup_jax(devices: int) -> None:
 
 def bench_config(quick: bool, overrides=()):
   """The benchmark's run config: 2 env groups on 2 sim devices, actor and learner 1 each."""
-  from dvla_jax.training import default_config  # pylint: disable=g-import-not-at-top
+  from dvla_jax.config import default_config  # pylint: disable=g-import-not-at-top
   config = default_config.get_config()
   config.pipeline = "async"
   config.env.num_envs = 64
@@ -199,8 +199,11 @@ def bound_speedup(lane_s: dict[str, float], cores: int, cpu_s: Optional[float] =
 
 def throughput(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from dvla_jax.swimlanes import pipeline, sync  # pylint: disable=g-import-not-at-top
-  from dvla_jax.training import builders, trainer  # pylint: disable=g-import-not-at-top
+
+  from dvla_jax.programs import builders  # pylint: disable=g-import-not-at-top
+  from dvla_jax.programs import trainer  # pylint: disable=g-import-not-at-top
+  from dvla_jax.swimlanes import pipeline  # pylint: disable=g-import-not-at-top
+  from dvla_jax.swimlanes import sync  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
   import plot_timeline  # pylint: disable=g-import-not-at-top
 
@@ -294,7 +297,7 @@ def efficiency_config(pipeline: str, max_staleness: int, seed: int, quick: bool,
   A short behaviour-cloning warm start (`rl.warmstart_steps`) brings the policy to a success
   rate PPO can climb from; the curves then compare how each pipeline's PPO uses env steps.
   """
-  from dvla_jax.training import config_check  # pylint: disable=g-import-not-at-top
+  from dvla_jax.config import config_check  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.py")
   config = config_check.load_config_file(path)
   config.seed = seed
@@ -324,11 +327,14 @@ def sample_efficiency(args) -> dict:
   what it measured (and a rerun with --variants picks up the missing ones by hand).
   """
   import tempfile  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+
   import matplotlib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from dvla_jax.training import builders, trainer  # pylint: disable=g-import-not-at-top
+
+  from dvla_jax.programs import builders  # pylint: disable=g-import-not-at-top
+  from dvla_jax.programs import trainer  # pylint: disable=g-import-not-at-top
 
   seeds = tuple(range(args.seeds))
   chosen = ([_VARIANTS[int(i)] for i in args.variants.split(",")] if args.variants

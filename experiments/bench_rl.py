@@ -43,8 +43,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import demo  # noqa: E402  (a config file, imported by path)
 
 from dvla_jax import envs  # noqa: E402
-from dvla_jax.training import builders  # noqa: E402
-from dvla_jax.training import config_check  # noqa: E402
+from dvla_jax.config import config_check  # noqa: E402
+from dvla_jax.programs import builders  # noqa: E402
 from dvla_jax.training import trainer  # noqa: E402
 
 # Config overrides (dotted paths) on top of configs/demo.py; tune here.

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from dvla_jax.training import config_check
+from dvla_jax.config import config_check
 from dvla_jax.training import run_plan
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -114,7 +114,7 @@ def _save_checkpoint(workdir: str, task: str = _TASK) -> dict:
 
   from dvla_jax import envs  # pylint: disable=g-import-not-at-top
   from dvla_jax import models  # pylint: disable=g-import-not-at-top
-  from dvla_jax.training import builders  # pylint: disable=g-import-not-at-top
+  from dvla_jax.programs import builders  # pylint: disable=g-import-not-at-top
   from dvla_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
 
   spec = importlib.util.spec_from_file_location("demo_config",

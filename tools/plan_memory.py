@@ -120,7 +120,7 @@ def _compile_report(config, plan, mesh_shape) -> dict:
 
 def _main_config(args) -> int:
   """--config mode: the whole run's placement and per-device memory."""
-  from dvla_jax.training import config_check  # pylint: disable=g-import-not-at-top
+  from dvla_jax.config import config_check  # pylint: disable=g-import-not-at-top
   from dvla_jax.training import run_plan  # pylint: disable=g-import-not-at-top
 
   try:

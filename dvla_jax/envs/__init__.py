@@ -4,8 +4,8 @@ from dvla_jax.envs.custom import import_tasks
 from dvla_jax.envs.custom import ImportTasksError
 from dvla_jax.envs.custom import TaskDefinition
 from dvla_jax.envs.custom import TaskDefinitionError
-from dvla_jax.envs.experts import evaluate_expert
-from dvla_jax.envs.experts import expert_table
+from dvla_jax.envs.expert_rates import evaluate_expert
+from dvla_jax.envs.expert_rates import expert_table
 from dvla_jax.envs.mjx_env import EnvConfig
 from dvla_jax.envs.mjx_env import State
 from dvla_jax.envs.mjx_env import TabletopEnv

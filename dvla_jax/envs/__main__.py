@@ -13,7 +13,7 @@ import json
 import sys
 
 from dvla_jax.envs import custom
-from dvla_jax.envs import experts
+from dvla_jax.envs import expert_rates
 from dvla_jax.envs import mjx_env
 from dvla_jax.envs import registry
 from dvla_jax.envs import video
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
       if args.episodes < 1:
         raise ValueError(f"--episodes={args.episodes}; allowed: >= 1")
       names = [args.task] if args.task else None
-      table = experts.expert_table(names, episodes=args.episodes, seed=args.seed)
+      table = expert_rates.expert_table(names, episodes=args.episodes, seed=args.seed)
       for name, row in table.items():
         print(f"{name:28s} success {row['success_rate']:.3f} over {row['episodes']} episodes, "
               f"{row['mean_steps']:.1f} steps of {row['episode_length']}")

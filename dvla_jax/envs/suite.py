@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from mujoco import mjx
 import numpy as np
 
+from dvla_jax.envs import experts
 from dvla_jax.envs import mjx_env
 from dvla_jax.envs import scene
 from dvla_jax.envs import tasks
@@ -234,8 +235,6 @@ class SuiteEnv(mjx_env.TabletopEnv):
 
   def expert_action(self, state: mjx_env.State) -> jax.Array:
     """Scripted expert with privileged state: the action chunk [H * D] for one world."""
-    # Imported here: experts imports the registry, which imports this module.
-    from dvla_jax.envs import experts  # pylint: disable=g-import-not-at-top
     return experts.suite_expert(self, state)
 
 

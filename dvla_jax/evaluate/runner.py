@@ -22,12 +22,12 @@ import numpy as np
 
 from dvla_jax import envs
 from dvla_jax import models
+from dvla_jax.config import default_config
 from dvla_jax.envs import tasks as task_table
 from dvla_jax.evaluate import paths
-from dvla_jax.training import builders
+from dvla_jax.programs import builders
+from dvla_jax.programs import steps
 from dvla_jax.training import checkpoints
-from dvla_jax.training import default_config
-from dvla_jax.training import steps
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ from dvla_jax.evaluate import paths
 from dvla_jax.evaluate import report
 from dvla_jax.evaluate import runner
 from dvla_jax.evaluate import videos
-from dvla_jax.training import builders
+from dvla_jax.programs import builders
 
 
 class NothingToEvaluateError(ValueError):

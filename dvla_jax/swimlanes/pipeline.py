@@ -42,6 +42,8 @@ import jax
 
 from dvla_jax import memory
 from dvla_jax.parallel import Placement
+from dvla_jax.programs import steps
+from dvla_jax.programs.builders import Components
 from dvla_jax.swimlanes import stages as stages_lib
 from dvla_jax.swimlanes.channels import Channel
 from dvla_jax.swimlanes.channels import Mailbox
@@ -52,8 +54,6 @@ from dvla_jax.swimlanes.lanes import FaultPlan
 from dvla_jax.swimlanes.lanes import Supervisor
 from dvla_jax.swimlanes.sync import UpdateFn
 from dvla_jax.swimlanes.tracing import Tracer
-from dvla_jax.training import steps
-from dvla_jax.training.builders import Components
 
 
 class AsyncPipeline:

@@ -28,8 +28,8 @@ import numpy as np
 from dvla_jax import memory
 from dvla_jax import parallel
 from dvla_jax.parallel import Placement
-from dvla_jax.training import steps
-from dvla_jax.training.builders import Components
+from dvla_jax.programs import steps
+from dvla_jax.programs.builders import Components
 
 _any = jax.jit(jnp.max)
 

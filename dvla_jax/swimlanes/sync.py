@@ -13,11 +13,11 @@ from typing import Callable
 import jax
 
 from dvla_jax.parallel import Placement
+from dvla_jax.programs import steps
+from dvla_jax.programs.builders import Components
 from dvla_jax.swimlanes import stages as stages_lib
 from dvla_jax.swimlanes.lanes import FaultPlan
 from dvla_jax.swimlanes.tracing import Tracer
-from dvla_jax.training import steps
-from dvla_jax.training.builders import Components
 
 UpdateFn = Callable[[int, steps.TrainState, dict], None]
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dvla_jax.training import config_check
+from dvla_jax.config import config_check
 
 # Bumped when the layout of the items changes incompatibly.
 FORMAT_VERSION = 1

@@ -29,11 +29,11 @@ from dvla_jax import envs
 from dvla_jax import memory
 from dvla_jax import models
 from dvla_jax import parallel
+from dvla_jax.config import config_check
 from dvla_jax.envs import randomization
 from dvla_jax.parallel import memory_plan
-from dvla_jax.training import builders
-from dvla_jax.training import config_check
-from dvla_jax.training import steps
+from dvla_jax.programs import builders
+from dvla_jax.programs import steps
 
 GIB = memory_plan.GIB
 

@@ -37,12 +37,12 @@ import optax
 from dvla_jax import envs
 from dvla_jax import models
 from dvla_jax import parallel
+from dvla_jax.config import config_check
 from dvla_jax.envs import demos as demos_lib
-from dvla_jax.training import builders
+from dvla_jax.programs import builders
+from dvla_jax.programs import evaluation
 from dvla_jax.training import checkpoints
-from dvla_jax.training import config_check
 from dvla_jax.training import console
-from dvla_jax.training import evaluation
 from dvla_jax.training import metrics as metrics_lib
 
 # The RL trainer's random streams (`trainer.py`): the same init and evaluation keys, so an SFT

@@ -27,18 +27,18 @@ import numpy as np
 
 from dvla_jax import models
 from dvla_jax import parallel
+from dvla_jax.config import config_check
 from dvla_jax.envs import mjx_env
+from dvla_jax.programs import builders
+from dvla_jax.programs import evaluation
 from dvla_jax.swimlanes import pipeline as async_pipeline
 from dvla_jax.swimlanes import stages
 from dvla_jax.swimlanes import sync
 from dvla_jax.swimlanes.lanes import FaultPlan
 from dvla_jax.swimlanes.lanes import LaneError
 from dvla_jax.swimlanes.tracing import Tracer
-from dvla_jax.training import builders
 from dvla_jax.training import checkpoints
-from dvla_jax.training import config_check
 from dvla_jax.training import console
-from dvla_jax.training import evaluation
 from dvla_jax.training import metrics as metrics_lib
 from dvla_jax.training import sft
 from dvla_jax.training import warmstart

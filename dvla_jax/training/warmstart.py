@@ -15,11 +15,11 @@ from absl import logging
 import jax
 import ml_collections
 
-from dvla_jax.training import builders
-from dvla_jax.training import config_check
+from dvla_jax.config import config_check
+from dvla_jax.programs import builders
+from dvla_jax.programs import steps as steps_lib
 from dvla_jax.training import console
 from dvla_jax.training import sft
-from dvla_jax.training import steps as steps_lib
 
 _WARMSTART = 5  # Random stream of the warm start (after trainer's and sft's).
 

@@ -3,9 +3,9 @@
 import pytest
 
 from dvla_jax import envs
+from dvla_jax.config import config_check
+from dvla_jax.config import default_config
 from dvla_jax.envs import tasks
-from dvla_jax.training import config_check
-from dvla_jax.training import default_config
 
 
 def test_specs_resolve_in_order():

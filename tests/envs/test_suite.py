@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dvla_jax import envs
-from dvla_jax.envs import experts
+from dvla_jax.envs import expert_rates
 from dvla_jax.envs import scene
 from dvla_jax.envs import tasks
 from dvla_jax.models import tokenizer
@@ -29,7 +29,7 @@ def expert_run():
   reset = jax.jit(lambda rng: jax.vmap(env.reset_task)(
       jax.random.split(rng, config.num_worlds), jnp.asarray(ids)))
   first = reset(jax.random.PRNGKey(0))
-  final, success, steps = experts.rollout(env, reset, jax.random.PRNGKey(0))
+  final, success, steps = expert_rates.rollout(env, reset, jax.random.PRNGKey(0))
   return env, ids, first, final, success, steps
 
 
@@ -146,7 +146,7 @@ def test_experts_succeed_on_every_task(expert_run):
 def test_default_reward_is_sparse_success(expert_run):
   env, _, first, _, _, _ = expert_run
   assert env.config.reward_shaping == 0.0
-  step = experts._jitted_expert_step(env)  # pylint: disable=protected-access
+  step = expert_rates._jitted_expert_step(env)  # pylint: disable=protected-access
   state, rewards, successes = first, [], []
   for _ in range(env.config.episode_length):
     state, _ = step(state, jnp.zeros(first.reward.shape, bool))

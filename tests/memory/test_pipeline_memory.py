@@ -20,7 +20,7 @@ import demo  # noqa: E402  (a config file, imported by path)
 from dvla_jax import memory  # noqa: E402
 from dvla_jax import swimlanes  # noqa: E402
 from dvla_jax.models import presets  # noqa: E402
-from dvla_jax.training import builders  # noqa: E402
+from dvla_jax.programs import builders  # noqa: E402
 from dvla_jax.training import trainer  # noqa: E402
 
 # Warm-up: compilation, and the first rollouts of each env group.

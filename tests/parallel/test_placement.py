@@ -8,9 +8,9 @@ import textwrap
 import ml_collections
 import pytest
 
+from dvla_jax.config import config_check
+from dvla_jax.config import default_config
 from dvla_jax.parallel import mesh
-from dvla_jax.training import config_check
-from dvla_jax.training import default_config
 
 _ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -101,7 +101,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 8)
     from flax import nnx
     from dvla_jax import models, parallel
-    from dvla_jax.training import builders, config_check, default_config, steps, trainer
+    from dvla_jax.programs import builders, config_check, default_config, steps, trainer
     config = default_config.get_config()
     config.placement.mode = "disaggregated"
     config.placement.sim.devices = 2

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 import demo  # noqa: E402  (a config file, imported by path)
 
-from dvla_jax.training import builders  # noqa: E402
+from dvla_jax.programs import builders  # noqa: E402
 from dvla_jax.training import trainer  # noqa: E402
 
 

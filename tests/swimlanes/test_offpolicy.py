@@ -11,9 +11,9 @@ import pytest
 
 from dvla_jax import models
 from dvla_jax import rl
-from dvla_jax.training import builders
-from dvla_jax.training import default_config
-from dvla_jax.training import steps
+from dvla_jax.config import default_config
+from dvla_jax.programs import builders
+from dvla_jax.programs import steps
 
 T, B = 2, 4
 

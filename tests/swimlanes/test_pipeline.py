@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"
 import demo  # noqa: E402  (a config file, imported by path)
 
 from dvla_jax import swimlanes  # noqa: E402
-from dvla_jax.training import builders  # noqa: E402
+from dvla_jax.programs import builders  # noqa: E402
 from dvla_jax.training import checkpoints  # noqa: E402
 from dvla_jax.training import trainer  # noqa: E402
 

@@ -17,9 +17,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 import demo  # noqa: E402  (a config file, imported by path)
 
-from dvla_jax.training import builders  # noqa: E402
-from dvla_jax.training import config_check  # noqa: E402
-from dvla_jax.training import evaluation  # noqa: E402
+from dvla_jax.config import config_check  # noqa: E402
+from dvla_jax.programs import builders  # noqa: E402
+from dvla_jax.programs import evaluation  # noqa: E402
 from dvla_jax.training import sft  # noqa: E402
 
 NAMES = ["goal_touch_ball", "goal_push_cube"]

@@ -1,6 +1,6 @@
 """The full configuration tree with defaults; config files start from `get_config()`.
 
-Every field is documented here, next to its default. `dvla_jax.training.config_check`
+Every field is documented here, next to its default. `dvla_jax.config.config_check`
 holds the allowed values and is run by `main` before anything is compiled.
 
 Fields:

@@ -18,10 +18,10 @@ import optax
 
 from dvla_jax import envs
 from dvla_jax import memory
-from dvla_jax.envs import randomization
 from dvla_jax import models
-from dvla_jax.training import config_check
-from dvla_jax.training import steps
+from dvla_jax.config import config_check
+from dvla_jax.envs import randomization
+from dvla_jax.programs import steps
 
 
 @dataclasses.dataclass

@@ -6,8 +6,8 @@ lanes call exactly the same compiled programs; `build` in `builders.py` binds th
 
 from typing import Any
 
-import flax.struct
 from flax import nnx
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dvla_jax import envs
-from dvla_jax.training.builders import Components
+from dvla_jax.programs.builders import Components
 
 # Steps between checks that every world has finished (each check waits for the device).
 _DONE_CHECK_EVERY = 4

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dvla_jax import envs
-from dvla_jax.training import builders
-from dvla_jax.training import config_check
-from dvla_jax.training import default_config
+from dvla_jax.config import config_check
+from dvla_jax.config import default_config
+from dvla_jax.programs import builders
 
 
 def _config(task, **rl):

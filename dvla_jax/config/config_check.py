@@ -3,7 +3,7 @@
 `main` runs `validate` right after flag parsing, before anything is imported from the
 heavy packages or compiled, so that a typo costs a second rather than a compilation.
 The rules live in one table, `_RULES`, with one entry per field of
-`dvla_jax.training.default_config`; a test keeps the two in step.
+`dvla_jax.config.default_config`; a test keeps the two in step.
 
 Names that other packages own (task names, model presets) are checked against lists the
 caller passes in, so that this module imports nothing heavy; `registered_tasks` and
@@ -16,22 +16,21 @@ a `ConfigError` too.
 """
 
 import dataclasses
-import difflib
 import importlib
 import importlib.util
 import math
 import os
-import sys
-from typing import Any, Callable, Collection, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
-# A list of allowed names, or a zero-argument function returning one (None: not known).
-NameSource = Union[Collection[str], Callable[[], Optional[Collection[str]]], None]
+from dvla_jax.config import names as names_lib
+from dvla_jax.config.errors import ConfigError
 
-
-class ConfigError(ValueError):
-  """A config value that is not allowed; `str(error)` is one line naming the field."""
+NameSource = names_lib.NameSource
+installed = names_lib.installed
+registered_tasks = names_lib.registered_tasks
+model_presets = names_lib.model_presets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,83 +208,6 @@ def _siblings(path: str) -> list[str]:
   return names or sorted({known.split(".")[0] for known in _RULES})
 
 
-def _resolve(names: NameSource) -> Optional[Collection[str]]:
-  return names() if callable(names) else names
-
-
-def _check_name(path: str, value: str, names: NameSource) -> None:
-  allowed = _resolve(names)
-  if allowed is not None and value not in allowed:
-    raise ConfigError(f"{path}={value!r} unknown; allowed: {', '.join(sorted(allowed))}")
-
-
-_SUITE_PREFIX = "suite:"  # As `dvla_jax.envs.SUITE_PREFIX`.
-
-
-_PLAYGROUND_PREFIX = "playground:"
-
-
-def installed(module: str) -> bool:
-  """Whether `module` can be imported (without importing it)."""
-  if module in sys.modules:
-    return sys.modules[module] is not None  # None: imports of it are blocked.
-  return importlib.util.find_spec(module) is not None
-
-
-def _check_playground(path: str, spec: str) -> None:
-  """`playground:<dm_control_suite task>`: the package must be installed and know the task."""
-  name = spec[len(_PLAYGROUND_PREFIX):]
-  if not installed("mujoco_playground"):
-    raise ConfigError(f"{path}={spec!r} needs the playground package; allowed: pip install "
-                      "playground==0.2.0 (or the project's dev extra: pip install -e .[dev])")
-  adapter = _optional_module("dvla_jax.envs.playground")
-  if adapter is not None:
-    try:
-      adapter.check_name(name)
-    except ValueError as e:
-      raise ConfigError(f"{path}={spec!r}: {e}") from None
-
-
-def _check_task_spec(path: str, spec: str, names: NameSource) -> None:
-  """A task spec as `dvla_jax.envs.resolve_tasks` reads it: a task, `suite:<suite>`, or a
-  comma-separated list of suite tasks.
-
-  `names` maps each task to its suite ("" for a stand-alone task); a plain list of names
-  allows checking the names only.
-  """
-  if spec.startswith(_PLAYGROUND_PREFIX):
-    _check_playground(path, spec)
-    return
-  allowed = _resolve(names)
-  if allowed is None:
-    return
-  suite_of = allowed if isinstance(allowed, Mapping) else None
-  if spec.startswith(_SUITE_PREFIX):
-    if suite_of is None:
-      return
-    suites = sorted({suite for suite in suite_of.values() if suite})
-    if spec[len(_SUITE_PREFIX):] not in suites:
-      listed = ", ".join(_SUITE_PREFIX + suite for suite in suites)
-      raise ConfigError(f"{path}={spec!r}: unknown suite; allowed: {listed}, a task name, or "
-                        "suite tasks separated by commas")
-    return
-  if "," not in spec:
-    _check_name(path, spec, allowed)
-    return
-  parts = [part.strip() for part in spec.split(",")]
-  suite_tasks = sorted(n for n in allowed if suite_of is None or suite_of[n])
-  for part in parts:
-    if part not in allowed:
-      close = difflib.get_close_matches(part, suite_tasks, n=3, cutoff=0.3) or suite_tasks[:3]
-      raise ConfigError(f"{path}={spec!r}: unknown task {part!r}; allowed: suite tasks "
-                        f"separated by commas (closest: {', '.join(close)})")
-    if suite_of is not None and not suite_of[part]:
-      raise ConfigError(f"{path}={spec!r}: {part!r} is not a suite task; allowed in a list: "
-                        "suite tasks (they share one scene), or a single task")
-  if len(set(parts)) != len(parts):
-    raise ConfigError(f"{path}={spec!r} repeats a task; allowed: each task once")
-
-
 def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = None,
              known_presets: NameSource = None) -> None:
   """Checks every field against the rules; raises ConfigError for the first violation.
@@ -322,8 +244,8 @@ def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = Non
   _check_batches(flat)
   _check_placement(flat)
 
-  _check_task_spec("env.task", flat["env.task"], known_tasks)
-  _check_name("model.preset", flat["model.preset"], known_presets)
+  names_lib.check_task_spec("env.task", flat["env.task"], known_tasks)
+  names_lib.check_name("model.preset", flat["model.preset"], known_presets)
 
 
 def _divisors_text(n: int) -> str:
@@ -452,30 +374,3 @@ def load_config_file(argument: str) -> ml_collections.ConfigDict:
     raise ValueError(f"--config={argument}: {path} defines no get_config(); allowed: a config "
                      "file with get_config(arg='') returning an ml_collections.ConfigDict")
   return get_config(*arg)
-
-
-def _optional_module(name: str):
-  """Imports `name`, or returns None if that module (not one it imports) does not exist."""
-  try:
-    return importlib.import_module(name)
-  except ModuleNotFoundError as e:
-    if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
-      return None
-    raise
-
-
-def registered_tasks() -> Optional[dict[str, str]]:
-  """Task name -> suite ("" for a stand-alone task) from `dvla_jax.envs.registry`; None if
-  there is no registry."""
-  registry = _optional_module("dvla_jax.envs.registry")
-  list_tasks = getattr(registry, "list_tasks", None)
-  task_suite = getattr(registry, "task_suite", None)
-  if not list_tasks:
-    return None
-  return {name: task_suite(name) if task_suite else "" for name in list_tasks()}
-
-
-def model_presets() -> Optional[list[str]]:
-  """Preset names from `dvla_jax.models.PRESETS`; None if the models package has none."""
-  presets = getattr(_optional_module("dvla_jax.models"), "PRESETS", None)
-  return list(presets) if presets is not None else None

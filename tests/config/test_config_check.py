@@ -6,8 +6,9 @@ import pathlib
 import ml_collections
 import pytest
 
-from dvla_jax.training import config_check
-from dvla_jax.training import default_config
+from dvla_jax.config import config_check
+from dvla_jax.config import default_config
+from dvla_jax.config import names
 
 _DEMO = pathlib.Path(__file__).parents[2] / "configs" / "demo.py"
 
@@ -121,7 +122,7 @@ def test_optional_module_distinguishes_absent_from_broken(tmp_path, monkeypatch)
   (tmp_path / "dvla_broken_pkg").mkdir()
   (tmp_path / "dvla_broken_pkg" / "__init__.py").write_text("import dvla_no_such_dependency\n")
   monkeypatch.syspath_prepend(str(tmp_path))
-  assert config_check._optional_module("dvla_no_such_pkg.registry") is None
+  assert names._optional_module("dvla_no_such_pkg.registry") is None
   # A package that exists but fails to import is a bug to surface, not a missing list.
   with pytest.raises(ModuleNotFoundError, match="dvla_no_such_dependency"):
-    config_check._optional_module("dvla_broken_pkg")
+    names._optional_module("dvla_broken_pkg")
