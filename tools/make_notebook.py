@@ -118,8 +118,8 @@ inference). `config_check.validate` is what `python -m dvla_jax.main` runs at st
     ("code", """\
 import importlib.util as _util
 
-from dvla_jax.programs import builders
 from dvla_jax.config import config_check
+from dvla_jax.programs import builders
 
 _spec = _util.spec_from_file_location("demo_config", "configs/demo.py")
 _demo = _util.module_from_spec(_spec)
