@@ -101,7 +101,9 @@ _EIGHT_DEVICES = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 8)
     from flax import nnx
     from dvla_jax import models, parallel
-    from dvla_jax.programs import builders, config_check, default_config, steps, trainer
+    from dvla_jax.config import config_check, default_config
+    from dvla_jax.programs import builders, steps
+    from dvla_jax.training import trainer
     config = default_config.get_config()
     config.placement.mode = "disaggregated"
     config.placement.sim.devices = 2
