@@ -128,6 +128,7 @@ _RULES: dict[str, _Rule] = {
     "rl.decoupled": _choice("auto", "on", "off"),
     "rl.behaviour_weight_cap": _float(ge=0),
     "rl.max_staleness": _int(ge=-1),
+    "rl.grpo_refill_slots": _int(ge=0),
     "rl.group_size": _int(ge=2),
     "rl.init_from": _Rule(str),
     "rl.warmstart_steps": _int(ge=0),

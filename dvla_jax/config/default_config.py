@@ -80,6 +80,10 @@ Fields:
   rl.max_staleness: samples more than this many policy versions older than the learner are
     dropped from the loss (-1 = keep all).
   rl.group_size: G, GRPO group size (envs that share a layout).
+  rl.grpo_refill_slots: GRPO dynamic sampling: an update that finds groups whose outcomes all
+    agree (no signal) rolls out up to this many more slots and fills their positions with
+    mixed groups from them, as SimpleVLA-RL does (0 = only mask those groups out). Positions
+    still unfilled are masked. Not in runs of several processes, where groups are masked.
   rl.warmstart_steps: behaviour-cloning steps on the task's scripted expert at the start of a
     fresh run (no checkpoint, no `rl.init_from`), before the iteration-0 evaluation; uses the
     `sft.*` settings (see `dvla_jax/training/warmstart.py`). 0 = off.
@@ -203,6 +207,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.rl.behaviour_weight_cap = 2.0
   config.rl.max_staleness = 2
   config.rl.group_size = 4
+  config.rl.grpo_refill_slots = 2
   config.rl.init_from = ""
   config.rl.warmstart_steps = 0
 

@@ -85,6 +85,10 @@ class Components:
     copy_params: jitted copy of a params tree (a snapshot the next donated update cannot
       delete).
     poison: jitted `slot -> slot` with NaN rewards (test hook `testing.nan_from`).
+    grpo_compact: jitted `steps.grpo_compact` `(slot, bootstrap) -> (slot, bootstrap,
+      group_valid)`, donating the slot: the first slot of a refilled GRPO batch.
+    grpo_merge: jitted `steps.grpo_merge` `(slot, bootstrap, group_valid, extra,
+      extra_bootstrap) -> (slot, bootstrap, group_valid)`, donating the batch slot.
   """
 
   config: Any
@@ -107,6 +111,8 @@ class Components:
   slot_metrics: Optional[Callable] = None
   copy_params: Optional[Callable] = None
   poison: Optional[Callable] = None
+  grpo_compact: Optional[Callable] = None
+  grpo_merge: Optional[Callable] = None
   _eval_group: Optional[EnvGroup] = None
 
   def obs_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -290,6 +296,12 @@ def build(config) -> Components:
       slot_metrics=jax.jit(steps.slot_metrics),
       copy_params=memory.copy_tree,
       poison=jax.jit(_poison),
+      grpo_compact=jax.jit(functools.partial(
+          steps.grpo_compact, group_size=rl_config.group_size,
+          reward_scale=rl_config.reward_scale), donate_argnums=(0, 1)),
+      grpo_merge=jax.jit(functools.partial(
+          steps.grpo_merge, group_size=rl_config.group_size,
+          reward_scale=rl_config.reward_scale), donate_argnums=(0, 1)),
   )
 
 

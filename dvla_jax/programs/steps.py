@@ -107,23 +107,89 @@ def _value_head_only(grads, policy_coef):
       lambda path, g: g if on_value_head(path) else g * policy_coef, grads)
 
 
-def _grpo_advantages(rollout: rl.Transition, rewards: jax.Array, group_size: int):
-  """Group-normalised success of each env's first episode in the slot, on that episode's steps.
-
-  Dynamic sampling (SimpleVLA-RL): a group whose episodes all succeeded or all failed carries
-  no signal (its advantages are 0), so its samples are dropped from the loss's means rather
-  than diluting them; so are the steps after each env's first episode.
-
-  Returns:
-    (advantages [T, B], sample weight [T, B] in {0, 1}, outcome [B], kept-group fraction).
-  """
+def _grpo_outcome(rollout: rl.Transition, rewards: jax.Array, group_size: int):
+  """(outcome f32 [B]: did each env's first episode succeed, mixed f32 [B / G]: 1 for a group
+  whose outcomes differ)."""
   alive = _first_episode(rollout.done)
   # Binary outcome: did the first episode succeed (any positive reward in it)?
   outcome = (jnp.sum(alive * (rewards > 0), axis=0) > 0).astype(jnp.float32)
   groups = outcome.reshape(-1, group_size)
   mixed = (jnp.max(groups, axis=1) > jnp.min(groups, axis=1)).astype(jnp.float32)
+  return outcome, mixed
+
+
+def _grpo_advantages(rollout: rl.Transition, rewards: jax.Array, group_size: int,
+                     group_valid: jax.Array | None = None):
+  """Group-normalised success of each env's first episode in the slot, on that episode's steps.
+
+  Dynamic sampling (SimpleVLA-RL): a group whose episodes all succeeded or all failed carries
+  no signal (its advantages are 0), so its samples are dropped from the loss's means rather
+  than diluting them; so are the steps after each env's first episode. `group_valid` [B / G]
+  (a batch refilled by `grpo_merge`) also drops the positions no group was written to.
+
+  Returns:
+    (advantages [T, B], sample weight [T, B] in {0, 1}, outcome [B], kept-group fraction).
+  """
+  alive = _first_episode(rollout.done)
+  outcome, mixed = _grpo_outcome(rollout, rewards, group_size)
+  if group_valid is not None:
+    mixed = mixed * group_valid
   weight = alive * jnp.repeat(mixed, group_size)[None]
   return alive * rl.grpo_advantages(outcome, group_size)[None], weight, outcome, jnp.mean(mixed)
+
+
+def _gather_groups(batch, extra, take: jax.Array, source: jax.Array, group_size: int,
+                   axis: int):
+  """`batch` with each group position q where `take[q]` replaced by `extra`'s group
+  `source[q]`; every leaf has the envs on `axis`, in groups of `group_size` adjacent envs."""
+  members = jnp.arange(group_size)
+  env_source = (source[:, None] * group_size + members[None]).reshape(-1)
+  env_take = jnp.repeat(take, group_size)
+
+  def put(b, e):
+    shape = [1] * b.ndim
+    shape[axis] = env_take.shape[0]
+    return jnp.where(env_take.reshape(shape), jnp.take(e, env_source, axis=axis), b)
+
+  return jax.tree.map(put, batch, extra)
+
+
+def grpo_compact(slot: "RolloutSlot", bootstrap: jax.Array, *, group_size: int,
+                 reward_scale: float):
+  """The start of a refilled GRPO batch: `slot` with its mixed groups moved to the front.
+
+  Returns:
+    (slot, bootstrap, group_valid f32 [B / G]: 1 for the leading mixed groups).
+  """
+  _, mixed = _grpo_outcome(slot.transition, slot.transition.reward * reward_scale, group_size)
+  order = jnp.argsort(-mixed, stable=True)  # Mixed groups first, in slot order.
+  take = jnp.ones_like(mixed, bool)
+  slot = _gather_groups(slot, slot, take, order, group_size, axis=1)  # Leaves [T, B, ...].
+  bootstrap = _gather_groups(bootstrap, bootstrap, take, order, group_size, axis=0)
+  return slot, bootstrap, mixed[order]
+
+
+def grpo_merge(slot: "RolloutSlot", bootstrap: jax.Array, group_valid: jax.Array,
+               extra: "RolloutSlot", extra_bootstrap: jax.Array, *, group_size: int,
+               reward_scale: float):
+  """Refills a GRPO batch: `extra`'s mixed groups go into the free positions after the
+  `group_valid` ones (dynamic sampling, as SimpleVLA-RL and DAPO sample until the batch is
+  full of groups that carry signal). Groups that do not fit are dropped.
+
+  Returns:
+    (slot, bootstrap, group_valid) of the refilled batch.
+  """
+  count = jnp.sum(group_valid).astype(jnp.int32)
+  _, mixed = _grpo_outcome(extra.transition, extra.transition.reward * reward_scale,
+                           group_size)
+  order = jnp.argsort(-mixed, stable=True)
+  available = jnp.sum(mixed).astype(jnp.int32)
+  k = jnp.arange(mixed.shape[0]) - count
+  take = (k >= 0) & (k < available)
+  source = order[jnp.clip(k, 0, mixed.shape[0] - 1)]
+  slot = _gather_groups(slot, extra, take, source, group_size, axis=1)
+  bootstrap = _gather_groups(bootstrap, extra_bootstrap, take, source, group_size, axis=0)
+  return slot, bootstrap, jnp.maximum(group_valid, take.astype(group_valid.dtype))
 
 
 def _proximal_log_probs(graphdef, params, batch: rl.PPOBatch, num_chunks: int,
@@ -148,9 +214,9 @@ def _all_finite(tree) -> jax.Array:
 
 
 def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
-           rollout: rl.Transition, bootstrap_value: jax.Array, rng: jax.Array, *, rl_config,
-           decoupled: bool = False, temperature: float = 1.0
-           ) -> tuple[TrainState, dict[str, jax.Array]]:
+           rollout: rl.Transition, bootstrap_value: jax.Array, rng: jax.Array,
+           group_valid: jax.Array | None = None, *, rl_config, decoupled: bool = False,
+           temperature: float = 1.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One learner update on a full rollout slot: advantages, then epochs x shuffled minibatches.
 
   PPO uses GAE with the value head; GRPO (`rl_config.algo == "grpo"`) uses the
@@ -179,6 +245,8 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
     rollout: `Transition` with leaves [T, B, ...].
     bootstrap_value: [B] critic value of the observation after the last step (PPO only).
     rng: shuffling key.
+    group_valid: GRPO: f32 [B / G], 0 for group positions of a refilled batch that no group
+      filled (`grpo_merge`); None: every group position holds a group.
     rl_config: the `rl` config block (static).
     decoupled: compute proximal log-probs (static).
     temperature: the sampling temperature of the rollouts (static): every log-prob and the
@@ -191,7 +259,8 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
   extra = {}
   t, b = rollout.reward.shape[:2]
   if rl_config.algo == "grpo":
-    advantages, weight, outcome, kept = _grpo_advantages(rollout, rewards, rl_config.group_size)
+    advantages, weight, outcome, kept = _grpo_advantages(rollout, rewards, rl_config.group_size,
+                                                         group_valid)
     batch = rl.make_ppo_batch(rollout, advantages)
     extra["learner/return_mean"] = jnp.mean(outcome)
     extra["learner/groups_kept"] = kept

@@ -317,6 +317,7 @@ class AsyncPipeline:
                 learner_box: Mailbox, total: int, on_update: UpdateFn,
                 stop: threading.Event) -> None:
     tr, st = self.tracer, self.stages
+    refills = st.refills_grpo()
     done = 0
     while self.iteration < total:
       with tr.wait("gradient", "wait slot"):
@@ -332,8 +333,25 @@ class AsyncPipeline:
         break
       slot, item = item[0], None
       it = self.iteration + 1
+      group_valid, slots = None, 1
+      if refills:  # GRPO: more slots until every group position holds a mixed group.
+        batch = st.grpo_start(slot)
+        while not batch.full() and batch.slots <= refills:
+          with tr.wait("gradient", "wait refill slot"):
+            try:
+              extra = full.get()[0]
+            except Stopped:
+              break  # Learn from what is there; the loop head sees the stop.
+          with tr.span("gradient", f"refill {it}"):
+            batch = st.grpo_add(batch, extra)
+            jax.block_until_ready(batch.group_valid)
+          pool.release(extra)
+          del extra
+        slot, group_valid, slots = batch.slot, batch.group_valid, batch.slots
+        del batch
       with tr.span("gradient", f"update {it}"):
-        state, metrics = st.learn(self.state, slot, it)
+        state, metrics = st.learn(self.state, slot, it, group_valid)
+        metrics["learner/rollout_slots"] = slots
         jax.block_until_ready(state)
       # The update has read the slot: it can be filled again.
       self.state, self.iteration = state, it

@@ -62,6 +62,20 @@ class Slot:
   bootstrap: jax.Array
 
 
+@dataclasses.dataclass
+class GrpoRefill:
+  """A GRPO batch being refilled: its slot (the mixed groups first), which group positions
+  hold a group that carries signal, and how many rollout slots went into it."""
+
+  slot: Slot
+  group_valid: jax.Array
+  slots: int
+
+  def full(self) -> bool:
+    """Every group position is filled (waits for the device)."""
+    return bool(jax.device_get(jnp.min(self.group_valid)) > 0)
+
+
 class Sampler:
   """The env groups' states and the steps of the sampling lane."""
 
@@ -177,11 +191,13 @@ class Stages:
     """Writes the bootstrap value [B] into `slot` in place (the slot passed in is consumed)."""
     return slot.replace(bootstrap=memory.overwrite(slot.bootstrap, value))
 
-  def learn(self, state: steps.TrainState, slot: Slot, iteration: int
+  def learn(self, state: steps.TrainState, slot: Slot, iteration: int,
+            group_valid: jax.Array | None = None
             ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
     """One update on a full slot; `iteration` (1-based) is the update's number.
 
-    The train state passed in is donated; the slot is only read.
+    The train state passed in is donated; the slot is only read. `group_valid`: a refilled
+    GRPO batch's filled group positions (see `GrpoRefill`).
     """
     rollout = self.placement.put_batch(slot.rollout, "learner", batch_axis=1)
     bootstrap = self.placement.put_batch(slot.bootstrap, "learner", batch_axis=0)
@@ -189,9 +205,33 @@ class Stages:
       rollout = self.comp.poison(rollout)
     metrics = self.comp.slot_metrics(rollout)
     rng = jax.random.fold_in(jax.random.fold_in(self.rng, _LEARN), iteration)
-    state, learner_metrics = self.comp.update(state, rollout.transition, bootstrap, rng)
+    if group_valid is not None:
+      group_valid = self.placement.put_batch(group_valid, "learner", batch_axis=0)
+    state, learner_metrics = self.comp.update(state, rollout.transition, bootstrap, rng,
+                                              group_valid)
     metrics.update(learner_metrics)
     return state, metrics
+
+  def refills_grpo(self) -> int:
+    """Extra slots a GRPO update may take to refill its batch (0: no refill)."""
+    rl_config = self.comp.config.rl
+    if rl_config.algo != "grpo" or self.placement.spans_processes:
+      # Across processes every process would have to take the same number of slots (the
+      # update's collectives must match); there, dropped groups are masked instead.
+      return 0
+    return rl_config.grpo_refill_slots
+
+  def grpo_start(self, slot: Slot) -> "GrpoRefill":
+    """A refilled GRPO batch that starts from `slot` (consumed)."""
+    rollout, bootstrap, valid = self.comp.grpo_compact(slot.rollout, slot.bootstrap)
+    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, 1)
+
+  def grpo_add(self, batch: "GrpoRefill", extra: Slot) -> "GrpoRefill":
+    """`batch` refilled with `extra`'s mixed groups (`batch` is consumed, `extra` only read)."""
+    rollout, bootstrap, valid = self.comp.grpo_merge(
+        batch.slot.rollout, batch.slot.bootstrap, batch.group_valid, extra.rollout,
+        extra.bootstrap)
+    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, batch.slots + 1)
 
   def publish(self, snapshot: memory.WeightBuffer, version: int,
               state: steps.TrainState) -> None:

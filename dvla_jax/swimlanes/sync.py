@@ -67,10 +67,10 @@ class SyncPipeline:
       (train state, iterations done).
     """
     comp, tr, st = self.comp, self.tracer, self.stages
-    cfg = comp.config
     num_groups = len(comp.groups)
     self.state, self.iteration = train_state, start
-    pool = st.slot_pool(1)
+    refills = st.refills_grpo()
+    pool = st.slot_pool(2 if refills else 1)
     with tr.span("distribution", "transfer"):
       snapshot, weights = st.weight_buffers(self.state, start)
       params = self._ready(weights.take_newest()[1])
@@ -82,27 +82,24 @@ class SyncPipeline:
       if st.agree_to_stop(stop.is_set()):  # Across processes: all stop at the same iteration.
         break
       g = it % num_groups
-      version = it
-      slot = pool.acquire(timeout=0)
-      result = self.sampler.current(g)
-      for t in range(cfg.rl.rollout_length):
-        with tr.span("inference", f"act g{g}"):
-          obs = st.to_actor(result).obs
-          out = st.act(params, obs, st.act_key(g, it * cfg.rl.rollout_length + t))
-          actions = self._ready(st.actions_to_sim(out, g))
-        counts["inference"] += 1
-        self.faults.check("inference", counts["inference"])
-        with tr.span("sampling", f"env_step g{g}"):
-          result = self._ready(self.sampler.step(g, actions))
-        counts["sampling"] += 1
-        self.faults.check("sampling", counts["sampling"])
-        with tr.span("inference", f"record g{g}"):
-          slot = self._ready(st.record(slot, t, obs, out, version, st.to_actor(result)))
-      with tr.span("inference", f"bootstrap g{g}"):
-        bootstrap = comp.value(params, st.to_actor(result).obs)
-        slot = self._ready(st.record_bootstrap(slot, bootstrap))
+      # Action keys: slot k of iteration `it` (k > 0 only when refilling) acts with keys
+      # (it * (refills + 1) + k) * T + t, unique across iterations and resumes.
+      slot = self._rollout(pool.acquire(timeout=0), g, params, it, counts,
+                           it * (refills + 1))
+      group_valid, slots = None, 1
+      if refills:  # GRPO: more slots until every group position holds a mixed group.
+        batch = st.grpo_start(slot)
+        while not batch.full() and batch.slots <= refills:
+          extra = self._rollout(pool.acquire(timeout=0), g, params, it, counts,
+                                it * (refills + 1) + batch.slots)
+          with tr.span("gradient", f"refill {it + 1}"):
+            batch = st.grpo_add(batch, extra)
+            self._ready(batch.group_valid)
+          pool.release(extra)
+        slot, group_valid, slots = batch.slot, batch.group_valid, batch.slots
       with tr.span("gradient", f"update {it + 1}"):
-        self.state, metrics = st.learn(self.state, slot, it + 1)
+        self.state, metrics = st.learn(self.state, slot, it + 1, group_valid)
+        metrics["learner/rollout_slots"] = slots
         self._ready(self.state)
       pool.release(slot)
       self.iteration = it + 1
@@ -117,3 +114,26 @@ class SyncPipeline:
       counts["distribution"] += 1
       self.faults.check("distribution", counts["distribution"])
     return self.state, self.iteration
+
+  def _rollout(self, slot, g: int, params, version: int, counts: dict, key_slot: int):
+    """Fills `slot` with one rollout of env group `g` acting with `params` (action keys
+    numbered from `key_slot * T`); returns it."""
+    tr, st = self.tracer, self.stages
+    horizon = self.comp.config.rl.rollout_length
+    result = self.sampler.current(g)
+    for t in range(horizon):
+      with tr.span("inference", f"act g{g}"):
+        obs = st.to_actor(result).obs
+        out = st.act(params, obs, st.act_key(g, key_slot * horizon + t))
+        actions = self._ready(st.actions_to_sim(out, g))
+      counts["inference"] += 1
+      self.faults.check("inference", counts["inference"])
+      with tr.span("sampling", f"env_step g{g}"):
+        result = self._ready(self.sampler.step(g, actions))
+      counts["sampling"] += 1
+      self.faults.check("sampling", counts["sampling"])
+      with tr.span("inference", f"record g{g}"):
+        slot = self._ready(st.record(slot, t, obs, out, version, st.to_actor(result)))
+    with tr.span("inference", f"bootstrap g{g}"):
+      bootstrap = self.comp.value(params, st.to_actor(result).obs)
+      return self._ready(st.record_bootstrap(slot, bootstrap))

@@ -255,8 +255,10 @@ class _Run:
   def _on_update(self, iteration: int, state, metrics: dict) -> None:
     config = self.config
     self._compiled()
-    self.env_steps += self.steps_per_iter
-    self.window = (self.window[0], self.window[1] + self.steps_per_iter)
+    # A refilled GRPO update learns from several rollout slots.
+    steps = self.steps_per_iter * int(metrics.get("learner/rollout_slots", 1))
+    self.env_steps += steps
+    self.window = (self.window[0], self.window[1] + steps)
     skipped = bool(np.asarray(jax.device_get(metrics["learner/skipped"])) > 0)
     if skipped:
       self.skipped_total += 1
