@@ -124,25 +124,22 @@ def test_playground_task_trains_from_config(tmp_path, pipeline):
   assert any("learner/policy_loss" in r for r in rows)
 
 
-def test_playground_without_the_package_says_what_to_install(tmp_path):
-  script = ("import sys; sys.modules['mujoco_playground'] = None\n"
-            "from dvla_jax import main; main.run()")
+@pytest.mark.parametrize("module, override, fragments", [
+    ("mujoco_playground", "--config.env.task=playground:CartpoleBalance",
+     ["needs the playground package", "pip install playground"]),
+    ("wandb", "--config.train.wandb_project=my_project",
+     ["train.wandb_project='my_project'", "pip install wandb"]),
+])
+def test_a_missing_optional_package_says_what_to_install(tmp_path, module, override,
+                                                         fragments):
+  # Imports of `module` fail in the run, as if it were not installed.
+  script = f"import sys; sys.modules[{module!r}] = None\nfrom dvla_jax import main; main.run()"
   path = os.pathsep.join([str(_ROOT)] + [os.environ.get("PYTHONPATH", "")])
   result = subprocess.run(
-      [sys.executable, "-c", script, _TINY, f"--workdir={tmp_path}",
-       "--config.env.task=playground:CartpoleBalance"], cwd=_ROOT, capture_output=True,
-      text=True, timeout=300, check=False, env=dict(os.environ, PYTHONPATH=path))
-  _assert_one_line_error(result, "needs the playground package", "pip install playground")
-
-
-def test_wandb_without_the_package_says_what_to_install(tmp_path):
-  script = "import sys; sys.modules['wandb'] = None\nfrom dvla_jax import main; main.run()"
-  path = os.pathsep.join([str(_ROOT)] + [os.environ.get("PYTHONPATH", "")])
-  result = subprocess.run(
-      [sys.executable, "-c", script, _TINY, f"--workdir={tmp_path}",
-       "--config.train.wandb_project=my_project"], cwd=_ROOT, capture_output=True,
-      text=True, timeout=300, check=False, env=dict(os.environ, PYTHONPATH=path))
-  _assert_one_line_error(result, "train.wandb_project='my_project'", "pip install wandb")
+      [sys.executable, "-c", script, _TINY, f"--workdir={tmp_path}", override], cwd=_ROOT,
+      capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, PYTHONPATH=path))
+  _assert_one_line_error(result, *fragments)
 
 
 @pytest.mark.parametrize("files, args, fragments", [
