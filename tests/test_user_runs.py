@@ -117,6 +117,9 @@ def test_playground_task_trains_from_config(tmp_path, pipeline):
   _assert_quiet(result)
   assert "task playground:CartpoleBalance" in result.stdout
   assert f"pipeline {pipeline}" in result.stdout
+  # 8 evaluation episodes on one env group's worlds: 8 (sync) or 4 (two groups) at a time.
+  rounds = 2 if pipeline == "async" else 1
+  assert f"done, {rounds}/{rounds} rounds in" in result.stdout, result.stdout
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   returns = [r["eval/episode_return"] for r in rows if "eval/episode_return" in r]
   # Cartpole's reward is dense (up to 1 per env step): a real episode earns some.

@@ -398,7 +398,8 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
     result = holdout_metrics(params)
     episodes = config.train.eval_episodes
     with console.phase(f"evaluation at step {step}: {episodes} episodes, sampled and argmax",
-                       evaluation.num_rounds(episodes, config.env.num_envs), "rounds") as bar:
+                       evaluation.num_rounds(episodes, eval_comp.config.env.num_envs),
+                       "rounds") as bar:
       result.update(evaluation.evaluate(eval_comp, jax.device_put(params, eval_device),
                                         eval_rng, episodes, on_round=bar.advance))
     progress_fn(step, result)

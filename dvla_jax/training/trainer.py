@@ -304,7 +304,7 @@ class _Run:
     params = parallel.local_replica(self.placement.gather(params))
     params = jax.device_put(params, self.eval_device)
     episodes = self.config.train.eval_episodes
-    rounds = evaluation.num_rounds(episodes, self.config.env.num_envs)
+    rounds = evaluation.num_rounds(episodes, self.eval_comp.config.env.num_envs)
     first = "" if self.evaluated else " (the first one compiles)"
     self.evaluated = True
     with console.phase(f"evaluation at iteration {iteration}: {episodes} episodes, sampled "
