@@ -31,9 +31,7 @@ Example:
 
 import dataclasses
 import difflib
-import importlib.util
 import re
-import sys
 from typing import Any, Callable, Mapping
 
 from brax.envs import base as brax_base
@@ -41,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from mujoco import mjx
 
+from dvla_jax.config import names
 from dvla_jax.envs import mjx_env
 from dvla_jax.models import tokenizer
 
@@ -264,9 +263,7 @@ def make(name: str, config: mjx_env.EnvConfig, **kwargs) -> PlaygroundAdapter:
 
 def playground_available() -> bool:
   """Whether `make` can load Playground's tasks (the `playground` package is installed)."""
-  if "mujoco_playground" in sys.modules:
-    return sys.modules["mujoco_playground"] is not None  # None: imports of it are blocked.
-  return importlib.util.find_spec("mujoco_playground") is not None
+  return names.installed("mujoco_playground")
 
 
 __all__ = ["PREFIX", "PlaygroundAdapter", "PlaygroundMissingError", "check_name", "make",

@@ -41,54 +41,28 @@ def line(text: str, style: Optional[str] = None) -> None:
 
 
 class Phase:
-  """A long phase's progress: call `advance()` as its units of work finish."""
+  """A long phase's progress: call `advance()` as its units of work finish.
 
-  def __init__(self, progress: Optional[rich.progress.Progress], task):
-    self._progress = progress
-    self._task = task
+  It counts what is done (`done`); on a terminal it also moves its bar and shows
+  "done/total unit" and an ETA when the total is known.
+  """
 
-  def advance(self, amount: float = 1) -> None:
-    if self._progress is not None:
-      self._progress.advance(self._task, amount)
-      self._refresh()
-
-  def _refresh(self) -> None:
-    pass
-
-  def describe(self, description: str) -> None:
-    """Replaces the phase's label (e.g. once a compile is done)."""
-    if self._progress is not None:
-      self._progress.update(self._task, description=description)
-
-
-class _Counter(Phase):
-  """A phase that only counts (output that is not a terminal)."""
-
-  def __init__(self):
-    super().__init__(None, None)
+  def __init__(self, progress: Optional[rich.progress.Progress] = None, task=None,
+               total: Optional[float] = None, unit: str = ""):
+    self._progress, self._task, self._total, self._unit = progress, task, total, unit
     self.done = 0
+    self._show()
 
   def advance(self, amount: float = 1) -> None:
     self.done += amount
+    if self._progress is not None:
+      self._progress.advance(self._task, amount)
+      self._show()
 
-
-class _Bar(Phase):
-  """A phase with a known total shows "done/total unit" and an ETA; one without, neither."""
-
-  def __init__(self, progress, task, total, unit):
-    super().__init__(progress, task)
-    self._total, self._unit, self._done = total, unit, 0
-    self._refresh()
-
-  def advance(self, amount: float = 1) -> None:
-    self._done += amount
-    super().advance(amount)
-
-  def _refresh(self) -> None:
-    if self._total is None:
-      return
-    self._progress.update(self._task, count=f"{self._done:g}/{self._total:g} {self._unit}",
-                          eta="ETA")
+  def _show(self) -> None:
+    if self._progress is not None and self._total is not None:
+      self._progress.update(self._task, count=f"{self.done:g}/{self._total:g} {self._unit}",
+                            eta="ETA")
 
 
 @contextlib.contextmanager
@@ -105,12 +79,12 @@ def phase(description: str, total: Optional[float], unit: str = "steps") -> Iter
   """
   global _ACTIVE
   if not enabled():
-    yield Phase(None, None)
+    yield Phase()
     return
   console = get()
   if not console.is_terminal:  # A log file or a pipe: a line when it starts and one at the end.
     console.print(f"{description} ...", soft_wrap=True)
-    bar = _Counter()
+    bar = Phase()
     start = time.perf_counter()
     yield bar
     took = datetime.timedelta(seconds=round(time.perf_counter() - start))
@@ -130,7 +104,7 @@ def phase(description: str, total: Optional[float], unit: str = "steps") -> Iter
     _ACTIVE.start()
   progress = _ACTIVE
   task = progress.add_task(description, total=total, count="", eta="")
-  bar = _Bar(progress, task, total, unit)
+  bar = Phase(progress, task, total, unit)
   try:
     yield bar
   finally:
