@@ -2,6 +2,7 @@
 
 import json
 import struct
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -89,19 +90,69 @@ def test_rejects_non_scalar(tmp_path):
     metrics.device_get_metrics({"learner/x": jnp.zeros(3)})
 
 
+class _RecordingWandb:
+  """Stands in for the wandb module: records what the writer asks of it."""
+
+  def __init__(self):
+    self.init_kwargs, self.logged, self.finished = None, [], 0
+
+  def init(self, **kwargs):
+    self.init_kwargs = kwargs
+    return self
+
+  def log(self, values, step):
+    self.logged.append((step, dict(values)))
+
+  def finish(self):
+    self.finished += 1
+
+
+def test_wandb_writer_calls(tmp_path, monkeypatch):
+  """The writer opens one resumable run named after the workdir, logs every scalar at its
+  iteration, and finishes the run on close."""
+  fake = _RecordingWandb()
+  monkeypatch.setitem(__import__("sys").modules, "wandb", fake)
+  workdir = tmp_path / "my run"
+  with metrics.MetricsWriter(str(workdir), total_iterations=2, console=False,
+                             wandb_project="proj", config={"rl": {"lr": 1e-4}}) as writer:
+    writer.write(1, {"learner/policy_loss": 0.5, "eval/success_rate": 0.25})
+    writer.write(2, {"learner/policy_loss": 0.25})
+  kwargs = fake.init_kwargs
+  assert kwargs["project"] == "proj" and kwargs["name"] == "my run"
+  assert kwargs["resume"] == "allow" and kwargs["id"].startswith("my-run-")
+  assert kwargs["config"] == {"rl": {"lr": 1e-4}} and kwargs["dir"] == str(workdir)
+  assert fake.logged == [(1, {"learner/policy_loss": 0.5, "eval/success_rate": 0.25}),
+                         (2, {"learner/policy_loss": 0.25})]
+  assert fake.finished == 1
+  # Another workdir of the same name is another run; the same workdir resumes its run.
+  other = _RecordingWandb()
+  monkeypatch.setitem(__import__("sys").modules, "wandb", other)
+  metrics.open_wandb("proj", str(tmp_path / "elsewhere" / "my run"))
+  assert other.init_kwargs["id"] != kwargs["id"]
+  metrics.open_wandb("proj", str(workdir))
+  assert other.init_kwargs["id"] == kwargs["id"]
+
+
 def test_wandb_writer_logs_offline(tmp_path, monkeypatch):
-  """`wandb_project` adds a W&B run (offline here: no account, no network) with every scalar."""
-  pytest.importorskip("wandb")
+  """With the real package: an offline W&B run (no account, no network) holds every scalar."""
+  wandb = pytest.importorskip("wandb")
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
   with metrics.MetricsWriter(str(tmp_path), total_iterations=2, console=False,
                              wandb_project="dvla-test", config={"rl": {"lr": 1e-4}}) as writer:
     writer.write(1, {"learner/policy_loss": 0.5, "eval/success_rate": 0.25})
     writer.write(2, {"learner/policy_loss": 0.25})
+  # `finish` tells W&B's service process the run is done; the service writes the run's
+  # records on its own time. Shutting the service down waits for it.
+  wandb.teardown()
   runs = list((tmp_path / "wandb").glob("offline-run-*"))
   assert len(runs) == 1
   (records,) = runs[0].glob("*.wandb")  # The run's records, synced later by `wandb sync`.
+  deadline = time.monotonic() + 60
   data = records.read_bytes()
+  while data.count(b"learner/policy_loss") < 2 and time.monotonic() < deadline:
+    time.sleep(0.5)
+    data = records.read_bytes()
   # History rows hold each key with its value as JSON text: both steps of the policy loss.
   assert data.count(b"learner/policy_loss") >= 2 and b"eval/success_rate" in data
   assert b"0.25" in data and b"0.5" in data
