@@ -26,12 +26,13 @@ and the curve), config (the first seed's run config) and settings; and FILE.png,
 against env steps per seed.
 """
 
+import ast
 import json
 import os
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Optional
 
 from absl import app
 from absl import flags
@@ -90,6 +91,11 @@ _QUICK = flags.DEFINE_bool("quick", False, "1 seed, small settings (with the def
 _ITERATIONS = flags.DEFINE_integer("iterations", 0, "RL iterations (0: the settings').")
 _WARMSTART = flags.DEFINE_integer("warmstart_steps", -1,
                                   "Behaviour-cloning steps (-1: the settings').")
+_EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 0, "Episodes per evaluation (0: the "
+                                     "settings').")
+_SET = flags.DEFINE_multi_string("set", [], "Further config overrides, KEY=VALUE (a dotted "
+                                 "path and a Python literal), e.g. --set=rl.lr=3e-4; "
+                                 "repeatable; applied last.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Parent of the runs' workdirs (default: a "
                                "temporary directory).")
 _OUT = flags.DEFINE_string("out", None, "JSON output file (the plot goes next to it).")
@@ -101,17 +107,38 @@ def _set(config, path: str, value) -> None:
   node = config
   for parent in parents:
     node = node[parent]
+  if name not in node:
+    raise SystemExit(f"--set: {path} is not a config field")
   node[name] = value
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+  """`KEY=VALUE` strings to {dotted path: value}; a value that is not a Python literal is
+  taken as a string."""
+  out = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--set={item!r}: want KEY=VALUE, e.g. --set=rl.lr=3e-4")
+    try:
+      out[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      out[key] = text
+  return out
+
+
 def make_config(suite: str, algo: str, pipeline: str, demos_per_task: int, quick: bool,
-                iterations: int = 0, warmstart_steps: int = -1):
+                iterations: int = 0, warmstart_steps: int = -1, eval_episodes: int = 0,
+                overrides: Optional[dict[str, Any]] = None):
   """The run config of one seed (seed 0), validated; returns (config, settings applied)."""
   settings = dict(SETTINGS, **(QUICK if quick else {}))
   if iterations:
     settings["train.iterations"] = iterations
   if warmstart_steps >= 0:
     settings["rl.warmstart_steps"] = warmstart_steps
+  if eval_episodes:
+    settings["train.eval_episodes"] = eval_episodes
+  settings.update(overrides or {})
   config = demo.get_config()
   for path, value in settings.items():
     _set(config, path, value)
@@ -254,7 +281,8 @@ def main(argv) -> None:
   suite = _SUITE.value
   seeds = 1 if _QUICK.value else _SEEDS.value
   config, settings = make_config(suite, _ALGO.value, _PIPELINE.value, _DEMOS.value,
-                                 _QUICK.value, _ITERATIONS.value, _WARMSTART.value)
+                                 _QUICK.value, _ITERATIONS.value, _WARMSTART.value,
+                                 _EVAL_EPISODES.value, parse_overrides(_SET.value))
   names = envs.resolve_tasks(config.env.task)
   print(f"suite {suite} ({len(names)} tasks), {_ALGO.value}, {_PIPELINE.value} pipeline, "
         f"{seeds} seed(s), {_DEMOS.value} demos per task, {config.env.num_envs} envs, "

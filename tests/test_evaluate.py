@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from rich import console as rich_console
 
+from dvla_jax.envs import video as env_video
 from dvla_jax.evaluate import report
 from dvla_jax.evaluate import runner
 from dvla_jax.evaluate import videos
@@ -100,7 +101,7 @@ def test_video_helpers():
   assert big.shape == (128, 192, 3)  # Factor 64: the smallest that reaches 128 rows.
   np.testing.assert_array_equal(big[::64, ::64], frame)
   two_cameras = np.stack([np.zeros((4, 4, 3), np.uint8), np.ones((4, 4, 3), np.uint8)])
-  tiled = videos.tile(two_cameras)
+  tiled = env_video.tile(two_cameras)
   assert tiled.shape == (4, 8, 3) and tiled[:, 4:].min() == 1 and tiled[:, :4].max() == 0
   assert videos.video_extension("gif") == ".gif"
   with pytest.raises(ValueError, match="allowed: auto, gif, mp4"):

@@ -4,7 +4,8 @@ Every field is documented here, next to its default. `dvla_jax.config.config_che
 holds the allowed values and is run by `main` before anything is compiled.
 
 Fields:
-  seed: base PRNG seed; every random stream is `fold_in(seed, purpose)`.
+  seed: base PRNG seed; every random stream is `fold_in(seed, purpose)` (the purposes are
+    named in `config/rng_streams.py`).
   mode: "rl" (PPO / GRPO fine-tuning) or "sft" (supervised warm-start: behaviour cloning of
     the task's scripted expert, `dvla_jax.training.sft`; an iteration is one gradient step).
   pipeline: "sync" (roll out one env group, then update, repeated, on one thread) or "async"

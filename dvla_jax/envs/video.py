@@ -1,7 +1,8 @@
-"""Records a scripted-expert episode of a task as a GIF (or MP4 when imageio-ffmpeg is present).
+"""Videos: the one writer (`write_video`, GIF or MP4) and a scripted-expert episode of a task.
 
-One frame per policy step, the chosen cameras side by side; a few extra frames hold the final
-state so the viewer sees the outcome.
+One frame per policy step, the chosen cameras side by side (`tile`); a few extra frames hold
+the final state so a looping video shows the outcome. `dvla_jax.evaluate` writes the policy's
+episodes with the same writer.
 """
 
 import importlib.util
@@ -15,7 +16,36 @@ import numpy as np
 from dvla_jax.envs import registry
 from dvla_jax.models import tokenizer
 
-_HOLD_FRAMES = 6
+# Frames that repeat the last one, so a looping video shows the outcome.
+HOLD_FRAMES = 4
+
+
+def tile(images: np.ndarray) -> np.ndarray:
+  """One frame from uint8 [cameras, S, S, 3]: the cameras side by side."""
+  return np.concatenate(list(images), axis=1)
+
+
+def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 8.0,
+                hold_frames: int = HOLD_FRAMES) -> str:
+  """Writes uint8 [H, W, 3] frames to `path` (.gif or .mp4), holding the last frame a while.
+
+  Args:
+    path: output file; its extension picks the format (.mp4 needs imageio-ffmpeg).
+    frames: the frames, all the same size.
+    fps: playback rate.
+    hold_frames: extra copies of the last frame.
+
+  Returns:
+    `path`.
+  """
+  frames = list(frames) + [frames[-1]] * hold_frames
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if path.lower().endswith(".gif"):
+    imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
+  else:
+    # Video codecs want sides that are multiples of 16.
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=16)
+  return path
 
 
 def check_video_path(path: str) -> None:
@@ -42,7 +72,8 @@ def expert_frames(task: str, image_size: int = 128, cameras: Sequence[str] = ("f
     max_steps: policy steps at most (default: the task's episode limit).
 
   Returns:
-    (frames: uint8 [S, S * len(cameras), 3] each, {"task", "instruction", "success", "steps"}).
+    (frames: uint8 [S, S * len(cameras), 3] each, one per policy step and the first state,
+     {"task", "instruction", "success", "steps"}).
   """
   config = registry.default_config(task, num_worlds=1, image_size=image_size,
                                    cameras=tuple(cameras))
@@ -59,7 +90,6 @@ def expert_frames(task: str, image_size: int = 128, cameras: Sequence[str] = ("f
     if float(state.metrics["success"][0]) > 0:
       success = True
       break
-  frames += [frames[-1]] * _HOLD_FRAMES
   summary = {"task": task, "instruction": tokenizer.decode(np.asarray(state.obs["text"][0])),
              "success": success, "steps": steps}
   return frames, summary
@@ -84,13 +114,9 @@ def record_expert_video(task: str, path: str, image_size: int = 128,
   """
   check_video_path(path)
   frames, summary = expert_frames(task, image_size, cameras, seed, max_steps)
-  if path.lower().endswith(".gif"):
-    imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
-  else:
-    imageio.mimsave(path, frames, fps=fps)
-  return dict(summary, frames=len(frames), path=path)
+  write_video(path, frames, fps)
+  return dict(summary, frames=len(frames) + HOLD_FRAMES, path=path)
 
 
 def _frame(state) -> np.ndarray:
-  image = np.asarray(state.obs["image"][0])  # [cameras, S, S, 3]
-  return np.concatenate(list(image), axis=1)
+  return tile(np.asarray(state.obs["image"][0]))  # [cameras, S, S, 3]

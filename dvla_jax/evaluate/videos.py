@@ -7,18 +7,14 @@ more pixels; `replay_success` lets the caller check that it ended the same way.
 """
 
 import importlib.util
-import os
 from typing import Sequence
 
-import imageio.v2 as imageio
 import jax.numpy as jnp
 import numpy as np
 
 from dvla_jax import envs
 from dvla_jax.evaluate import runner
 
-# Frames that repeat the last one, so a looping video shows the outcome.
-_HOLD_FRAMES = 4
 _MIN_VIDEO_SIZE = 128
 
 
@@ -31,36 +27,10 @@ def video_extension(fmt: str = "auto") -> str:
   return "." + fmt
 
 
-def tile(images: np.ndarray) -> np.ndarray:
-  """One frame from uint8 [cameras, S, S, 3]: the cameras side by side."""
-  return np.concatenate(list(images), axis=1)
-
-
 def upscale(frame: np.ndarray, size: int = _MIN_VIDEO_SIZE) -> np.ndarray:
   """Nearest-neighbour upscaling of [S, W, 3] by the smallest integer factor reaching `size`."""
   factor = max(1, -(-size // frame.shape[0]))
   return np.repeat(np.repeat(frame, factor, axis=0), factor, axis=1)
-
-
-def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 8.0) -> str:
-  """Writes uint8 [H, W, 3] frames to `path` (.gif or .mp4), holding the last frame a while.
-
-  Args:
-    path: output file; its extension picks the format (.mp4 needs imageio-ffmpeg).
-    frames: the frames, all the same size.
-    fps: playback rate.
-
-  Returns:
-    `path`.
-  """
-  frames = list(frames) + [frames[-1]] * _HOLD_FRAMES
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if path.lower().endswith(".gif"):
-    imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
-  else:
-    # Video codecs want sides that are multiples of 16.
-    imageio.mimsave(path, frames, fps=fps, macro_block_size=16)
-  return path
 
 
 def replay(names: Sequence[str], env_config: envs.EnvConfig, episodes: runner.Episodes,

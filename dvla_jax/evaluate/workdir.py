@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from dvla_jax import envs
+from dvla_jax.envs import video as env_video
 from dvla_jax.evaluate import paths
 from dvla_jax.evaluate import report
 from dvla_jax.evaluate import runner
@@ -130,10 +131,10 @@ def write_videos(result: runner.Episodes, env_config, num_videos: int, video_siz
     name = result.names[result.task[e]]
     k = len(written.setdefault(name, []))
     path = os.path.join(video_dir, f"{name}_{k}{extension}")
-    images = [videos.tile(f) for f in frames[j]]
+    images = [env_video.tile(f) for f in frames[j]]
     if upscaled:
       images = [videos.upscale(f) for f in images]
-    videos.write_video(path, images)
+    env_video.write_video(path, images)
     same = bool(replayed[j] == result.success[e])
     if not same:
       logging.warning("%s: the replay of episode %d for the video ended differently "

@@ -7,7 +7,7 @@ donated buffers, so the bytes stay where they are.
 
 Dynamic pool (`SlotPool`): K rollout slots `[T, envs_per_group, ...]` for every field,
 allocated once on the actor devices. A slot is taken from the free list (`acquire`), filled
-step by step with a donated in-place write (`write`), handed to the learner and returned
+step by step with a donated in-place write (`write_step`), handed to the learner and returned
 (`release`). An empty free list is backpressure: `acquire` waits and may return None, but it
 never allocates.
 
@@ -134,20 +134,6 @@ class SlotPool:
       self._in_use -= 1
       self._free.append(slot)
       self._cond.notify()
-
-  def write(self, slot: Any, t: int, step: Any) -> Any:
-    """Writes step `t` into `slot` in place; the slot passed in is consumed (donated).
-
-    Args:
-      slot: an acquired slot.
-      t: the time index.
-      step: a pytree like `slot` with leaves of one step, `[B, ...]` (broadcast and cast to
-        the slot's field).
-
-    Returns:
-      The slot to keep using (same buffers).
-    """
-    return write_step(slot, jnp.int32(t), step)
 
   def per_device_bytes(self) -> dict[Any, int]:
     return dict(self._per_device)

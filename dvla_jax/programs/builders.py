@@ -20,6 +20,7 @@ from dvla_jax import envs
 from dvla_jax import memory
 from dvla_jax import models
 from dvla_jax.config import config_check
+from dvla_jax.config import rng_streams
 from dvla_jax.envs import randomization
 from dvla_jax.programs import steps
 
@@ -194,12 +195,6 @@ def make_optimizer(rl_config) -> optax.GradientTransformation:
                      optax.adam(rl_config.lr), _scale_value_head(value_lr / rl_config.lr))
 
 
-_DR_STREAM = 7  # Random stream of the domain-randomisation draw.
-
-
-_TASK_STREAM = 1  # Random stream (of a reset's key) of the task rotation of a multi-task run.
-
-
 def _make_group(config, num_worlds: int) -> EnvGroup:
   """One env group of `num_worlds` worlds of the run's task spec, with its jitted functions.
 
@@ -221,7 +216,7 @@ def _make_group(config, num_worlds: int) -> EnvGroup:
   # Every group draws the same per-world physics and colours (one key per run).
   venv = randomization.wrap_env(envs.TaskFromKey(env) if num_tasks > 1 else env,
                                 config.env.domain_randomization,
-                                jax.random.fold_in(jax.random.key(config.seed), _DR_STREAM))
+                                jax.random.fold_in(jax.random.key(config.seed), rng_streams.DOMAIN))
   share = config.rl.group_size if config.rl.algo == "grpo" else 1
   layouts = num_worlds // share
 
@@ -234,7 +229,7 @@ def _make_group(config, num_worlds: int) -> EnvGroup:
     keys = jax.random.key_data(keys)
     if num_tasks == 1:
       return venv.reset(keys)
-    offset = jax.random.randint(jax.random.fold_in(rng, _TASK_STREAM), (), 0, num_tasks)
+    offset = jax.random.randint(jax.random.fold_in(rng, rng_streams.TASK), (), 0, num_tasks)
     turns = (jnp.arange(num_worlds) // share + offset) % num_tasks
     return venv.reset(envs.task_keys(keys, jnp.where(tasks < 0, turns, tasks)))
 
@@ -293,7 +288,8 @@ def build(config) -> Components:
                      donate_argnums=0),
       groups=groups, envs_per_group=per_group, decoupled=decoupled,
       write_step=jax.jit(steps.write_step, donate_argnums=0),
-      slot_metrics=jax.jit(steps.slot_metrics),
+      slot_metrics=jax.jit(functools.partial(
+          steps.slot_metrics, first_episodes=steps.first_episode_slots(config.rl))),
       copy_params=memory.copy_tree,
       poison=jax.jit(_poison),
       grpo_compact=jax.jit(functools.partial(

@@ -319,19 +319,24 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
   return new_state.replace(step=state.step + 1), metrics
 
 
-def rollout_metrics(rollout: rl.Transition, success: jax.Array, episode_return: jax.Array
-                    ) -> dict[str, jax.Array]:
+def rollout_metrics(rollout: rl.Transition, success: jax.Array, episode_return: jax.Array,
+                    first_episodes: bool = False) -> dict[str, jax.Array]:
   """Success rate and return of the episodes that finished inside a rollout.
 
   Args:
     rollout: the rollout ([T, B] leaves).
     success: [T, B] 1.0 where the step ended in success.
     episode_return: [T, B] return of the finished episode at `done` steps.
+    first_episodes: count each env's first episode of the rollout only (what the learner
+      learns from when slots are episodic). Counting the later ones too favours the tasks
+      that finish fast, which fit more episodes into a slot.
 
   Returns:
     Scalar metrics under `rollout/`.
   """
   done = rollout.done.astype(jnp.float32)
+  if first_episodes:
+    done = done * _first_episode(done)
   finished = jnp.maximum(jnp.sum(done), 1.0)
   return {
       "rollout/episodes": jnp.sum(done),
@@ -428,9 +433,9 @@ def write_step(slot: RolloutSlot, t, obs, out: ActOutput, version, result: EnvSt
       episode_return=put(slot.episode_return, result.episode_return))
 
 
-def slot_metrics(slot: RolloutSlot) -> dict[str, jax.Array]:
+def slot_metrics(slot: RolloutSlot, first_episodes: bool = False) -> dict[str, jax.Array]:
   """`rollout_metrics` of a full slot, plus the spread of policy versions in it."""
-  metrics = rollout_metrics(slot.transition, slot.success, slot.episode_return)
+  metrics = rollout_metrics(slot.transition, slot.success, slot.episode_return, first_episodes)
   version = slot.transition.version
   metrics["rollout/version_min"] = jnp.min(version).astype(jnp.float32)
   metrics["rollout/version_max"] = jnp.max(version).astype(jnp.float32)

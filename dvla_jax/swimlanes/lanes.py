@@ -88,14 +88,6 @@ class Supervisor:
     """Names of lanes whose threads still run."""
     return [t.name for t in self._threads if t.is_alive()]
 
-  def wait(self, poll_s: float = 0.1) -> None:
-    """Blocks until every lane has returned (in short joins, so signal handlers still run)."""
-    while True:
-      running = [t for t in self._threads if t.is_alive()]
-      if not running:
-        return
-      running[0].join(poll_s)
-
   def join(self, timeout_s: float = 30.0) -> None:
     """Stops the lanes, waits up to `timeout_s` for them, and raises the first error.
 

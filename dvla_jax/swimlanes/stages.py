@@ -27,14 +27,12 @@ import numpy as np
 
 from dvla_jax import memory
 from dvla_jax import parallel
+from dvla_jax.config import rng_streams
 from dvla_jax.parallel import Placement
 from dvla_jax.programs import steps
 from dvla_jax.programs.builders import Components
 
 _any = jax.jit(jnp.max)
-
-# Independent random streams per stage, folded into the run's training key.
-_RESET, _ROLLOUT, _ACT, _LEARN = range(4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +92,7 @@ class Sampler:
 
   def reset(self, group: int, round_: int = 0) -> steps.EnvStep:
     """Fresh episodes for every env of `group` (on its sim device); returns their EnvStep."""
-    self.states[group] = self.comp.groups[group].reset(self._key(_RESET, group, round_))
+    self.states[group] = self.comp.groups[group].reset(self._key(rng_streams.RESET, group, round_))
     self.steps_in_slot[group] = 0
     return steps.env_step_result(self.states[group])
 
@@ -116,7 +114,7 @@ class Sampler:
     if self.steps_in_slot[group] == self.comp.config.rl.rollout_length:
       self.steps_in_slot[group] = 0
       self.rollouts[group] += 1
-      state = g.start_rollout(state, self._key(_ROLLOUT, group, self.rollouts[group]),
+      state = g.start_rollout(state, self._key(rng_streams.ROLLOUT, group, self.rollouts[group]),
                               steps.first_episode_slots(self.comp.config.rl))
       result = result.replace(obs=state.obs)
     self.states[group] = state
@@ -134,8 +132,8 @@ class Stages:
     self.poison = poison or Poison()
 
   def act_key(self, group: int, count: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.rng, _ACT), group),
-                              count)
+    act = jax.random.fold_in(self.rng, rng_streams.ACT)
+    return jax.random.fold_in(jax.random.fold_in(act, group), count)
 
   def to_actor(self, result: steps.EnvStep) -> steps.EnvStep:
     """An EnvStep from a sim device onto the actor mesh, split along the env axis."""
@@ -204,7 +202,7 @@ class Stages:
     if self.poison.applies(iteration):
       rollout = self.comp.poison(rollout)
     metrics = self.comp.slot_metrics(rollout)
-    rng = jax.random.fold_in(jax.random.fold_in(self.rng, _LEARN), iteration)
+    rng = jax.random.fold_in(jax.random.fold_in(self.rng, rng_streams.LEARN), iteration)
     if group_valid is not None:
       group_valid = self.placement.put_batch(group_valid, "learner", batch_axis=0)
     state, learner_metrics = self.comp.update(state, rollout.transition, bootstrap, rng,

@@ -38,16 +38,13 @@ from dvla_jax import envs
 from dvla_jax import models
 from dvla_jax import parallel
 from dvla_jax.config import config_check
+from dvla_jax.config import rng_streams
 from dvla_jax.envs import demos as demos_lib
 from dvla_jax.programs import builders
 from dvla_jax.programs import evaluation
 from dvla_jax.training import checkpoints
 from dvla_jax.training import console
 from dvla_jax.training import metrics as metrics_lib
-
-# The RL trainer's random streams (`trainer.py`): the same init and evaluation keys, so an SFT
-# policy is evaluated on the episodes RL evaluates on. _DEMOS is SFT's own.
-_INIT, _EVAL, _DEMOS = 0, 3, 4
 
 DEMOS_FILE = "demos.npz"
 
@@ -242,8 +239,8 @@ def load_or_record(config, comp: builders.Components, rng: jax.Array,
   check_experts(config, "mode=sft")
   with console.phase(f"recording {total} rows of expert demonstrations per task",
                      recording_rounds(comp, total), "rounds") as bar:
-    steps = record_demos(comp, jax.random.fold_in(rng, _DEMOS), total, config.sft.expert_noise,
-                         on_round=bar.advance)
+    steps = record_demos(comp, jax.random.fold_in(rng, rng_streams.DEMOS), total,
+                         config.sft.expert_noise, on_round=bar.advance)
   if cache and jax.process_index() == 0:
     np.savez_compressed(cache, rows=np.int32(total), **steps)
   return steps
@@ -339,7 +336,7 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
   comp = comp or builders.build(config)
   mc = comp.model_config
   rng = jax.random.key(config.seed)
-  init_rng = jax.random.fold_in(rng, _INIT)
+  init_rng = jax.random.fold_in(rng, rng_streams.INIT)
   abstract = jax.eval_shape(comp.init_train_state, init_rng)
   train_state = jax.jit(comp.init_train_state,
                         out_shardings=placement.state_shardings(abstract, "learner"))(init_rng)
@@ -378,7 +375,7 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
                                       label_sigma=config.sft.label_sigma))
   eval_device = placement.sim_device(0)
   eval_comp = comp.for_group(comp.eval_group(separate=False))
-  eval_rng = jax.device_put(jax.random.fold_in(rng, _EVAL), eval_device)
+  eval_rng = jax.device_put(jax.random.fold_in(rng, rng_streams.EVAL), eval_device)
 
   def holdout_metrics(params):
     sums = np.zeros(3)

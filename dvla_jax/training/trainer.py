@@ -28,6 +28,7 @@ import numpy as np
 from dvla_jax import models
 from dvla_jax import parallel
 from dvla_jax.config import config_check
+from dvla_jax.config import rng_streams
 from dvla_jax.envs import mjx_env
 from dvla_jax.programs import builders
 from dvla_jax.programs import evaluation
@@ -42,9 +43,6 @@ from dvla_jax.training import console
 from dvla_jax.training import metrics as metrics_lib
 from dvla_jax.training import sft
 from dvla_jax.training import warmstart
-
-# Independent random streams, derived from config.seed.
-_INIT, _ENV, _TRAIN, _EVAL = range(4)
 
 TRACE_FILE = "trace.json"
 
@@ -176,7 +174,7 @@ class _Run:
     placement = make_placement(config)
     comp = comp or builders.build(config)
     rng = jax.random.key(config.seed)
-    init_rng = jax.random.fold_in(rng, _INIT)
+    init_rng = jax.random.fold_in(rng, rng_streams.INIT)
     abstract = jax.eval_shape(comp.init_train_state, init_rng)
     init = jax.jit(comp.init_train_state,
                    out_shardings=placement.state_shardings(abstract, "learner"))
@@ -204,8 +202,8 @@ class _Run:
     # sampling lane keeps every group busy).
     self.eval_device = placement.sim_device(0)
     self.eval_comp = comp.for_group(comp.eval_group(separate=is_async))
-    self.eval_rng = jax.device_put(jax.random.fold_in(rng, _EVAL), self.eval_device)
-    train_rng = jax.random.fold_in(rng, _TRAIN)
+    self.eval_rng = jax.device_put(jax.random.fold_in(rng, rng_streams.EVAL), self.eval_device)
+    train_rng = jax.random.fold_in(rng, rng_streams.TRAIN)
     faults = FaultPlan(config.testing.fault_lane, config.testing.fault_after)
     poison = stages.Poison(config.testing.nan_from, config.testing.nan_count)
     kind = async_pipeline.AsyncPipeline if is_async else sync.SyncPipeline

@@ -16,12 +16,11 @@ import jax
 import ml_collections
 
 from dvla_jax.config import config_check
+from dvla_jax.config import rng_streams
 from dvla_jax.programs import builders
 from dvla_jax.programs import steps as steps_lib
 from dvla_jax.training import console
 from dvla_jax.training import sft
-
-_WARMSTART = 5  # Random stream of the warm start (after trainer's and sft's).
 
 
 def behaviour_clone(config, comp: builders.Components, placement, params, rng: jax.Array,
@@ -40,7 +39,7 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
   Returns:
     The cloned policy parameters.
   """
-  rng = jax.random.fold_in(rng, _WARMSTART)
+  rng = jax.random.fold_in(rng, rng_streams.WARMSTART)
   sft.check_experts(config, f"rl.warmstart_steps={config.rl.warmstart_steps}")
   rounds = sft.recording_rounds(comp, config.sft.episodes)
   with console.phase(f"warm start: recording {config.sft.episodes} rows of expert "

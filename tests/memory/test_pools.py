@@ -100,7 +100,7 @@ def test_slot_write_is_in_place_and_correct():
   params = _init_state(jax.random.key(1))["params"]
   steps = [_act(params, jnp.full((B, OBS), t + 1.0), jnp.int32(t)) for t in range(T)]
   for t, step in enumerate(steps):
-    slot = pool.write(slot, t, step)
+    slot = memory.pools.write_step(slot, jnp.int32(t), step)
   assert _pointers(slot) == before
   for t, step in enumerate(steps):
     for k in slot:
@@ -139,7 +139,8 @@ def test_steady_state_allocates_nothing():
     slot = pool.acquire(timeout=1.0)
     assert slot is not None
     for t in range(T):
-      slot = pool.write(slot, t, _act(params, obs * (t + it), jnp.int32(version)))
+      step = _act(params, obs * (t + it), jnp.int32(version))
+      slot = memory.pools.write_step(slot, jnp.int32(t), step)
     holder["state"] = _learn(holder["state"], slot)
     pool.release(slot)
     weights.stage(it, holder["state"]["params"])

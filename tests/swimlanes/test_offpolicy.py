@@ -123,6 +123,21 @@ def test_grpo_advantages_are_group_normalised_first_episode_successes():
   assert float(kept) == 0.5
 
 
+def test_episodic_rollout_success_counts_first_episodes():
+  # Env 0 succeeds fast twice (t=0 and t=2), env 1 fails at the time limit (t=3): every
+  # finished episode gives 2/3; each env's first episode, what the learner sees, 1/2.
+  done = jnp.array([[True, False], [False, False], [True, False], [False, True]])
+  success = jnp.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+  rollout = rl.Transition(obs={}, tokens=None, log_probs=None, value=None,
+                          reward=success, done=done, truncated=jnp.zeros_like(done), version=None)
+  every = steps.rollout_metrics(rollout, success, success)
+  first = steps.rollout_metrics(rollout, success, success, first_episodes=True)
+  assert float(every["rollout/success_rate"]) == pytest.approx(2 / 3)
+  assert float(every["rollout/episodes"]) == 3.0
+  assert float(first["rollout/success_rate"]) == pytest.approx(0.5)
+  assert float(first["rollout/episodes"]) == 2.0
+
+
 def test_critic_warmup_trains_only_the_value_head(setup):
   state, rollout, _, make_update = setup
   # state.step is 5: a warm-up of 6 updates covers this one, a warm-up of 5 does not.
