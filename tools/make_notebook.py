@@ -97,7 +97,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from dvla_jax import envs
-from dvla_jax.models import tokenizer
 
 print("tasks:", ", ".join(envs.list_tasks()))
 env = envs.make("touch_cube", envs.default_config("touch_cube", num_worlds=4, image_size=64))
@@ -105,7 +104,8 @@ state = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.key(0), 4))
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
 for i, ax in enumerate(axes):
   ax.imshow(np.asarray(state.obs["image"][i, 0]))
-  ax.set_title(tokenizer.decode(np.asarray(state.obs["text"][i])), fontsize=9)
+  # The env names its instruction by index into its table.
+  ax.set_title(env.instruction_table()[int(state.obs["instruction"][i])], fontsize=9)
   ax.axis("off")
 plt.show()""", ()),
     ("markdown", """\

@@ -1,4 +1,4 @@
-r"""Writes scripted-expert demonstrations of a task to disk (format: `dvla_jax.envs.demos`).
+r"""Writes scripted-expert demonstrations of a task to disk (format: `dvla_jax.training.demos`).
 
     PYTHONPATH=. python tools/write_demos.py --task=touch_cube --episodes=64 --out=/tmp/demos
 
@@ -30,7 +30,7 @@ def main(argv: Sequence[str]) -> None:
   del argv
   # Heavy imports after flag parsing, so that `--help` and flag errors stay fast.
   from dvla_jax import envs  # pylint: disable=g-import-not-at-top
-  from dvla_jax.envs import demos  # pylint: disable=g-import-not-at-top
+  from dvla_jax.training import demos  # pylint: disable=g-import-not-at-top
 
   try:
     envs.check_task(_TASK.value)

@@ -4,6 +4,10 @@ A task subclasses `TabletopEnv` and says how to lay out a new episode (`_sample_
 how to score a state (`_evaluate`). Everything else (chunked control, rendering, observation
 assembly) lives here so every task behaves the same way.
 
+Observations: `image` uint8 [cameras, S, S, 3], `instruction` int32 [] (an index into
+`instruction_table()`: the env says which instruction it issued, the model side tokenises
+it), `proprio` float32 [P], and `depth` when asked for.
+
 The env is written for a single world; `wrap_for_training` vmaps it with brax's wrappers. The
 MJX Warp renderer needs the number of worlds up front, so an env is built for one batch size
 (`num_worlds`) and must be vmapped over exactly that many worlds.
@@ -24,7 +28,6 @@ import numpy as np
 import warp
 
 from dvla_jax.envs import scene
-from dvla_jax.models import tokenizer
 
 State = brax_base.State
 
@@ -85,7 +88,6 @@ class EnvConfig:
     substeps: physics steps per control step.
     timestep: physics timestep in seconds.
     max_delta: metres the gripper target may move per control step at action 1.0.
-    max_text_len: instruction token length; raised to fit the task's longest instruction.
     impl: MJX implementation ("warp" or "jax"; only warp can render).
     reward_shaping: weight k of a potential-based shaping term added to the sparse success
       reward: gamma * phi(s') - phi(s) with phi(s) = -k * distance-to-goal (metres) and
@@ -106,7 +108,6 @@ class EnvConfig:
   substeps: int | None = None
   timestep: float | None = None
   max_delta: float | None = None
-  max_text_len: int = 24
   impl: str = "warp"
   reward_shaping: float = 0.0
   shaping_gamma: float = 0.99
@@ -163,10 +164,6 @@ class TabletopEnv(brax_base.Env):
           cam_active=[int(i) for i in self._camera_ids],
           enabled_geom_groups=[0, 1, 2])
       self._render_ctx = self._render_context.pytree()
-    table = self.instruction_table()
-    # Never truncate: two instructions sharing a prefix would become the same tokens.
-    self.text_len = max(config.max_text_len, max(len(t.encode("utf-8")) for t in table) + 2)
-    self._instructions = np.stack([tokenizer.encode(t, self.text_len) for t in table])
 
   @classmethod
   def default_config(cls, config: EnvConfig | None = None, **changes) -> EnvConfig:
@@ -283,7 +280,7 @@ class TabletopEnv(brax_base.Env):
   @property
   def observation_size(self) -> dict[str, tuple[int, ...]]:
     s, ncam = self.config.image_size, len(self.config.cameras)
-    size = {"image": (ncam, s, s, 3), "text": (self.text_len,), "proprio": (self.proprio_dim,)}
+    size = {"image": (ncam, s, s, 3), "instruction": (), "proprio": (self.proprio_dim,)}
     if self.config.depth:
       size["depth"] = (ncam, s, s, 1)
     return size
@@ -315,10 +312,11 @@ class TabletopEnv(brax_base.Env):
 
   def _observe(self, data: mjx.Data, info: dict[str, Any]) -> tuple[mjx.Data, dict[str, Any]]:
     data, image, depth = self._render(data, info)
-    text = jnp.asarray(self._instructions)[info["task"]["instruction"]]
+    # The instruction as its index into `instruction_table()`: the model side tokenises.
+    instruction = jnp.asarray(info["task"]["instruction"], jnp.int32)
     # Metres are small numbers; scaled so the workspace spans about [-1, 1] for the policy.
     proprio = self._proprio(data).astype(jnp.float32) * PROPRIO_SCALE
-    obs = {"image": image, "text": text, "proprio": proprio}
+    obs = {"image": image, "instruction": instruction, "proprio": proprio}
     if depth is not None:
       obs["depth"] = depth
     return data, obs
@@ -351,7 +349,6 @@ def _check_config(c: EnvConfig) -> None:
       ("substeps", c.substeps >= 1, ">= 1"),
       ("timestep", 0 < c.timestep <= 0.05, "(0, 0.05]"),
       ("max_delta", 0 < c.max_delta <= 0.2, "(0, 0.2]"),
-      ("max_text_len", c.max_text_len >= 2, ">= 2"),
       ("impl", c.impl in ("warp", "jax"), "'warp' or 'jax'"),
       ("reward_shaping", 0 <= c.reward_shaping <= 1, "[0, 1]"),
       ("shaping_gamma", 0 < c.shaping_gamma <= 1, "(0, 1]"),

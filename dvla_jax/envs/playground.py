@@ -41,7 +41,6 @@ from mujoco import mjx
 
 from dvla_jax.config import names
 from dvla_jax.envs import mjx_env
-from dvla_jax.models import tokenizer
 
 State = brax_base.State
 
@@ -74,7 +73,7 @@ class PlaygroundAdapter(brax_base.Env):
       env: a Playground-style env (see the module docstring).
       task_name: instruction text source, e.g. "CartpoleBalance".
       config: num_worlds, image_size, episode_length (policy steps; None takes the
-        Playground env's own, divided by H), action_horizon and max_text_len are used;
+        Playground env's own, divided by H) and action_horizon are used;
         `impl` is the Playground env's own.
       cameras: model camera names to draw; None draws the model's first camera.
       render: False gives zero images (faster; also for non-Warp models).
@@ -117,10 +116,7 @@ class PlaygroundAdapter(brax_base.Env):
           cam_active=[i in self._camera_ids for i in range(model.ncam)],
           enabled_geom_groups=[0, 1, 2])
       self._render_ctx = self._render_context.pytree()
-    words = task_words(task_name)
-    # Never truncate the instruction (as TabletopEnv): room for the words, bos and eos.
-    self.text_len = max(config.max_text_len, len(words.encode("utf-8")) + 2)
-    self._text = tokenizer.encode(words, self.text_len)
+    self._words = task_words(task_name)
     shape = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
     self._state_cls = type(shape)
     self.proprio_dim = int(jax.eval_shape(_flat_state_obs, shape.obs).shape[0])
@@ -165,7 +161,7 @@ class PlaygroundAdapter(brax_base.Env):
   @property
   def observation_size(self) -> dict[str, tuple[int, ...]]:
     s = self.config.image_size
-    return {"image": (len(self.config.cameras), s, s, 3), "text": (self.text_len,),
+    return {"image": (len(self.config.cameras), s, s, 3), "instruction": (),
             "proprio": (self.proprio_dim,)}
 
   @property
@@ -175,6 +171,10 @@ class PlaygroundAdapter(brax_base.Env):
   @property
   def backend(self) -> str:
     return f"playground-{self.config.impl}"
+
+  def instruction_table(self) -> list[str]:
+    """The one instruction: the task's name in words (`obs["instruction"]` is always 0)."""
+    return [self._words]
 
   def expert_action(self, state: State) -> jax.Array:
     """Playground tasks come without scripted experts."""
@@ -201,7 +201,7 @@ class PlaygroundAdapter(brax_base.Env):
         rgb = rgb[0]
       image = jnp.stack([mjx.get_rgb(self._render_ctx, c, rgb) for c in self._camera_ids])
       image = jnp.round(image * 255.0).astype(jnp.uint8)
-    return {"image": image, "text": jnp.asarray(self._text),
+    return {"image": image, "instruction": jnp.zeros((), jnp.int32),
             "proprio": _flat_state_obs(pg.obs).astype(jnp.float32)}
 
 

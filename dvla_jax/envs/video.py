@@ -14,7 +14,6 @@ import jax
 import numpy as np
 
 from dvla_jax.envs import registry
-from dvla_jax.models import tokenizer
 
 # Frames that repeat the last one, so a looping video shows the outcome.
 HOLD_FRAMES = 4
@@ -90,7 +89,8 @@ def expert_frames(task: str, image_size: int = 128, cameras: Sequence[str] = ("f
     if float(state.metrics["success"][0]) > 0:
       success = True
       break
-  summary = {"task": task, "instruction": tokenizer.decode(np.asarray(state.obs["text"][0])),
+  instruction = env.instruction_table()[int(state.obs["instruction"][0])]
+  summary = {"task": task, "instruction": instruction,
              "success": success, "steps": steps}
   return frames, summary
 

@@ -26,6 +26,7 @@ from dvla_jax.config import default_config
 from dvla_jax.envs import tasks as task_table
 from dvla_jax.evaluate import paths
 from dvla_jax.programs import builders
+from dvla_jax.programs import observations
 from dvla_jax.programs import steps
 from dvla_jax.training import checkpoints
 
@@ -39,8 +40,8 @@ class Policy:
     model_config: the VLA config of the params.
     params: the policy parameters.
     step: the checkpoint's iteration.
-    act: jitted `(params, obs, rng) -> actions [B, H*D]`; instructions longer than the model's
-      `max_text_len` are cut (only padding is cut for tasks that pass `incompatibility`).
+    act: jitted `(params, obs, rng) -> actions [B, H*D]`; `obs` holds the model's
+      `text` tokens (`observations.model_obs`).
   """
 
   config: ml_collections.ConfigDict
@@ -84,7 +85,6 @@ def load_policy(workdir: str, step: Optional[int] = None, greedy: bool = False) 
 
   @jax.jit
   def act(params, obs, rng):
-    obs = dict(obs, text=obs["text"][:, :mcfg.max_text_len])
     return steps.act(graphdef, params, obs, rng, temperature=temperature,
                      tokenizer=tokenizer).actions
 
@@ -169,7 +169,7 @@ def incompatibility(policy: Policy, group: TaskGroup) -> dict[str, str]:
   for name in group.names:
     table = (task_table.instructions(task_table.BY_NAME[name]) if is_suite_task(name)
              else env.instruction_table())
-    need = max(len(t.encode("utf-8")) for t in table) + 2
+    need = models.tokenizer.tokens_needed(table)
     if need > mc.max_text_len:
       out[name] = f"instructions need {need} tokens > the checkpoint's {mc.max_text_len}"
   return out
@@ -221,6 +221,8 @@ def run_episodes(policy: Policy, group: TaskGroup, episodes: int, rng: jax.Array
   num_tasks, worlds = len(group.names), group.num_worlds
   total, recorded = episodes * num_tasks, min(record, episodes) * num_tasks
   limit = group.env.config.episode_length
+  tokens = jnp.asarray(observations.instruction_tokens(group.env,
+                                                       policy.model_config.max_text_len))
   out = {k: [] for k in ("success", "ret", "length", "keys")}
   actions, frames = {}, {}
   for r in range(math.ceil(total / worlds)):
@@ -235,7 +237,8 @@ def run_episodes(policy: Policy, group: TaskGroup, episodes: int, rng: jax.Array
     success, ret, length = jnp.zeros_like(done), jnp.zeros_like(done), jnp.zeros_like(done)
     acts, seen = [], [np.asarray(state.obs["image"][np.array(watch)])] if watch else []
     for t in range(limit):
-      a = policy.act(policy.params, state.obs, jax.random.fold_in(act_rng, t))
+      obs = observations.model_obs(state.obs, tokens)
+      a = policy.act(policy.params, obs, jax.random.fold_in(act_rng, t))
       state = group.step(state, a)
       success, ret, length, done = _accumulate(success, ret, length, done,
                                                state.metrics["success"], state.reward)

@@ -1,6 +1,9 @@
 """Byte-level instruction tokenizer: ships with the project, needs no vocabulary file.
 
 Ids: 0 = pad, 1 = bos, 2 = eos, and UTF-8 byte b is id b + 3 (vocabulary 259).
+
+The envs emit an instruction as an index into their `instruction_table()` (strings); the model
+side turns the table into tokens once (`table_tokens`) and looks each observation's row up.
 """
 
 from collections.abc import Sequence
@@ -12,6 +15,9 @@ BOS_ID = 1
 EOS_ID = 2
 BYTE_OFFSET = 3
 VOCAB_SIZE = 256 + BYTE_OFFSET
+# Token length of an instruction table whose instructions are all shorter (bos and eos
+# included): the length the models are built with unless a longer instruction needs more.
+MIN_TEXT_LEN = 24
 
 
 class ByteTokenizer:
@@ -86,3 +92,26 @@ def encode_batch(texts: Sequence[str], max_len: int) -> np.ndarray:
 def decode(ids: Sequence[int] | np.ndarray) -> str:
   """Module-level shortcut for `ByteTokenizer().decode`."""
   return ByteTokenizer().decode(ids)
+
+
+def tokens_needed(instructions: Sequence[str]) -> int:
+  """Token length that holds every instruction whole: its bytes plus bos and eos."""
+  return max(len(t.encode("utf-8")) for t in instructions) + 2
+
+
+def text_len(instructions: Sequence[str]) -> int:
+  """The token length a model is built with for this instruction table (never truncating)."""
+  return max(MIN_TEXT_LEN, tokens_needed(instructions))
+
+
+def table_tokens(instructions: Sequence[str], length: int) -> np.ndarray:
+  """int32 [len(instructions), length]: each instruction's tokens, for an id lookup.
+
+  Raises:
+    ValueError: an instruction needs more than `length` tokens (two instructions sharing a
+      prefix would otherwise become the same tokens).
+  """
+  need = tokens_needed(instructions)
+  if need > length:
+    raise ValueError(f"instructions need {need} tokens > the model's max_text_len {length}")
+  return encode_batch(list(instructions), length)

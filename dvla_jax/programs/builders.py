@@ -22,6 +22,7 @@ from dvla_jax import models
 from dvla_jax.config import config_check
 from dvla_jax.config import rng_streams
 from dvla_jax.envs import randomization
+from dvla_jax.programs import observations
 from dvla_jax.programs import steps
 
 
@@ -165,7 +166,8 @@ def model_config(config, env: envs.TabletopEnv) -> models.VLAConfig:
   obs_size = env.observation_size
   return models.get_preset(
       config.model.preset, image_size=env.config.image_size,
-      num_cameras=obs_size["image"][0], max_text_len=obs_size["text"][0],
+      num_cameras=obs_size["image"][0],
+      max_text_len=models.tokenizer.text_len(env.instruction_table()),
       proprio_dim=obs_size["proprio"][0], action_horizon=env.config.action_horizon,
       action_dim=env.action_dim, dtype=config.model.dtype, remat=config.model.remat,
       action_free_logits=config.model.action_head == "bins")
@@ -217,6 +219,8 @@ def _make_group(config, num_worlds: int) -> EnvGroup:
   venv = randomization.wrap_env(envs.TaskFromKey(env) if num_tasks > 1 else env,
                                 config.env.domain_randomization,
                                 jax.random.fold_in(jax.random.key(config.seed), rng_streams.DOMAIN))
+  # The model side tokenises the instructions the env names by index.
+  venv = observations.InstructionTokens(venv, models.tokenizer.text_len(env.instruction_table()))
   share = config.rl.group_size if config.rl.algo == "grpo" else 1
   layouts = num_worlds // share
 

@@ -2,7 +2,7 @@
 
 The policy learns the scripted expert's action tokens by cross-entropy, one gradient step per
 iteration on a batch of demonstration steps. Demonstrations come from `sft.demos` (a directory
-written by `tools/write_demos.py`, format `dvla_jax.envs.demos`) or, when that is empty, are
+written by `tools/write_demos.py`, format `dvla_jax.training.demos`) or, when that is empty, are
 recorded in-process by running the task's expert (`env.expert_action`) through the run's own
 batched env, so nothing is compiled twice, and kept in `<workdir>/demos.npz` for a resumed run.
 The `sft.holdout_episodes` episodes after the first `sft.episodes` are held out; their token
@@ -39,11 +39,11 @@ from dvla_jax import models
 from dvla_jax import parallel
 from dvla_jax.config import config_check
 from dvla_jax.config import rng_streams
-from dvla_jax.envs import demos as demos_lib
 from dvla_jax.programs import builders
 from dvla_jax.programs import evaluation
 from dvla_jax.training import checkpoints
 from dvla_jax.training import console
+from dvla_jax.training import demos as demos_lib
 from dvla_jax.training import metrics as metrics_lib
 
 DEMOS_FILE = "demos.npz"

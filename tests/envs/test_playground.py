@@ -12,7 +12,6 @@ import pytest
 
 from dvla_jax import envs
 from dvla_jax.envs import playground
-from dvla_jax.models import tokenizer
 
 B = 2
 
@@ -100,11 +99,11 @@ def test_observation_mapping(setup):
   pg, env, reset, _ = setup
   keys = jax.random.split(jax.random.PRNGKey(0), B)
   state = reset(keys)
-  assert env.observation_size == {"image": (1, 32, 32, 3), "text": (env.text_len,),
-                                  "proprio": (3,)}
+  assert env.observation_size == {"image": (1, 32, 32, 3), "instruction": (), "proprio": (3,)}
   assert env.action_size == 2 and env.config.cameras == ("above",)
   assert state.obs["image"].shape == (B, 1, 32, 32, 3) and state.obs["image"].dtype == jnp.uint8
-  assert tokenizer.decode(np.asarray(state.obs["text"][0])) == "slide to target"
+  assert env.instruction_table() == ["slide to target"]
+  assert np.all(np.asarray(state.obs["instruction"]) == 0)
   # proprio is the Playground obs of the same reset.
   direct = jax.vmap(pg.reset)(keys)
   np.testing.assert_allclose(np.asarray(state.obs["proprio"]), np.asarray(direct.obs))
@@ -170,7 +169,7 @@ def test_real_playground_cartpole():
   state = jax.jit(venv.step)(state, jnp.zeros((B, env.action_size)))
   # Balanced and centred: the dense reward is close to 1 per Playground step.
   assert np.all(np.asarray(state.reward) > 1.5)
-  assert tokenizer.decode(np.asarray(state.obs["text"][0])) == "cartpole balance"
+  assert env.instruction_table()[int(state.obs["instruction"][0])] == "cartpole balance"
   # Drawn by our batch renderer from the cartpole's first camera: not a blank image.
   assert len(np.unique(np.asarray(state.obs["image"][0]).reshape(-1, 3), axis=0)) > 4
   with pytest.raises(ValueError, match="CartpoleBalance"):

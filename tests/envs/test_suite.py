@@ -13,7 +13,6 @@ from dvla_jax import envs
 from dvla_jax.envs import expert_rates
 from dvla_jax.envs import scene
 from dvla_jax.envs import tasks
-from dvla_jax.models import tokenizer
 
 PER_TASK = 8
 NAMES = [t.name for t in tasks.TASKS]
@@ -90,7 +89,7 @@ def test_instructions_name_the_task():
 def test_reset_layout_colours_and_text(expert_run):
   env, ids, first, _, _, _ = expert_run
   info = jax.tree.map(np.asarray, first.info["task"])
-  texts = [tokenizer.decode(t) for t in np.asarray(first.obs["text"])]
+  texts = [env.instruction_table()[i] for i in np.asarray(first.obs["instruction"])]
   pos = np.asarray(jax.vmap(env.object_pos)(first.pipeline_state))
   for w, name in enumerate(np.asarray(NAMES)[ids]):
     spec = tasks.BY_NAME[name]

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from dvla_jax import envs
-from dvla_jax.models import tokenizer
 
 B = 8
 
@@ -26,7 +25,9 @@ def test_reset_and_step_shapes(env_fns):
   state = reset(jax.random.PRNGKey(0))
   assert state.obs["image"].shape == (B, 1, 32, 32, 3)
   assert state.obs["image"].dtype == jnp.uint8
-  assert state.obs["text"].shape == (B, env.config.max_text_len)
+  # The instruction as an index into the env's table (the model side tokenises it).
+  assert state.obs["instruction"].shape == (B,) and state.obs["instruction"].dtype == jnp.int32
+  assert env.observation_size["instruction"] == ()
   assert state.obs["proprio"].shape == (B, env.proprio_dim)
   assert env.action_size == env.config.action_horizon * env.action_dim
   nxt = step(state, jnp.zeros((B, env.action_size)))
@@ -53,10 +54,11 @@ def test_layout_and_instruction_are_randomised(env_fns):
   state = reset(jax.random.PRNGKey(3))
   pos = np.asarray(jax.vmap(env.object_pos)(state.pipeline_state))
   assert np.std(pos[:, 0, 0]) > 0.02  # the red cube moves between worlds
-  texts = {tokenizer.decode(t) for t in np.asarray(state.obs["text"])}
-  assert len(texts) > 1
+  table = env.instruction_table()
+  texts = [table[i] for i in np.asarray(state.obs["instruction"])]
+  assert len(set(texts)) > 1
   targets = np.asarray(state.info["task"]["target"])
-  for text, target in zip([tokenizer.decode(t) for t in np.asarray(state.obs["text"])], targets):
+  for text, target in zip(texts, targets, strict=True):
     assert ("red", "green", "blue")[target] in text
 
 

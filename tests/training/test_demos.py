@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from dvla_jax import envs
-from dvla_jax.envs import demos
 from dvla_jax.models import ActionTokenizer
 from dvla_jax.models import tokenizer
+from dvla_jax.training import demos
 
 EPISODES, WORLDS, T = 6, 4, 8
 

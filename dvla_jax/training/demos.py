@@ -45,6 +45,7 @@ from dvla_jax.envs import mjx_env
 from dvla_jax.envs import registry
 from dvla_jax.models import action_tokens
 from dvla_jax.models import tokenizer
+from dvla_jax.programs import observations
 
 FORMAT = "dvla_jax.demos"
 VERSION = 1
@@ -56,7 +57,8 @@ FIELDS = _STEP_FIELDS + _EPISODE_FIELDS
 
 def _rollout_fn(env: mjx_env.TabletopEnv, tok: action_tokens.ActionTokenizer):
   """A jitted `(keys [B]) -> per-step records [B, T, ...]` for one batch of expert episodes."""
-  venv = brax_wrappers.VmapWrapper(env)
+  venv = observations.InstructionTokens(brax_wrappers.VmapWrapper(env),
+                                       tokenizer.text_len(env.instruction_table()))
   expert = jax.vmap(env.expert_action)
   h, d = env.config.action_horizon, env.action_dim
 
@@ -144,7 +146,7 @@ def write_demos(path: str, task: str, num_episodes: int, num_worlds: int = 16, s
       "action_horizon": config.action_horizon, "action_dim": env.action_dim,
       "num_bins": NUM_BINS, "action_low": low, "action_high": high,
       "image_size": config.image_size, "cameras": list(config.cameras),
-      "max_text_len": env.observation_size["text"][0], "proprio_dim": env.proprio_dim,
+      "max_text_len": tokenizer.text_len(env.instruction_table()), "proprio_dim": env.proprio_dim,
       "success_rate": float(np.concatenate(successes).mean()), "shards": shards,
       "fields": fields,
   }
