@@ -201,7 +201,6 @@ def throughput(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from dvla_jax.programs import builders  # pylint: disable=g-import-not-at-top
-  from dvla_jax.programs import trainer  # pylint: disable=g-import-not-at-top
   from dvla_jax.swimlanes import pipeline  # pylint: disable=g-import-not-at-top
   from dvla_jax.swimlanes import sync  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
@@ -212,7 +211,7 @@ def throughput(args) -> dict:
   rounds = args.rounds or (3 if args.quick else 4)
   iterations = args.iterations or (4 if args.quick else 8)
   t0 = time.perf_counter()
-  placement = trainer.make_placement(config)
+  placement = builders.make_placement(config)
   comp = builders.build(config)
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(comp.init_train_state, rng)
@@ -334,7 +333,7 @@ def sample_efficiency(args) -> dict:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   from dvla_jax.programs import builders  # pylint: disable=g-import-not-at-top
-  from dvla_jax.programs import trainer  # pylint: disable=g-import-not-at-top
+  from dvla_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   seeds = tuple(range(args.seeds))
   chosen = ([_VARIANTS[int(i)] for i in args.variants.split(",")] if args.variants

@@ -19,6 +19,7 @@ import optax
 from dvla_jax import envs
 from dvla_jax import memory
 from dvla_jax import models
+from dvla_jax import parallel
 from dvla_jax.config import config_check
 from dvla_jax.config import rng_streams
 from dvla_jax.envs import randomization
@@ -244,6 +245,20 @@ def _make_group(config, num_worlds: int) -> EnvGroup:
     return reset_tasks(rng, jnp.asarray(tasks, jnp.int32))
 
   return EnvGroup(env=env, venv=venv, reset=reset, env_step=jax.jit(venv.step))
+
+
+def make_placement(config, planes: tuple[str, ...] = ("actor", "learner")) -> parallel.Placement:
+  """The plane meshes of `config.placement`; a placement the devices cannot hold, or whose
+  model axes (on `planes`) do not divide the model's width, heads or MLP size, is a
+  ConfigError (one line naming the field)."""
+  try:
+    placement = parallel.Placement(parallel.make_plane_meshes(config.placement))
+    preset = models.get_preset(config.model.preset)
+    for plane in planes:
+      parallel.check_mesh_divides(preset, placement.mesh(plane), where=f"placement.{plane}")
+  except (parallel.PlacementError, parallel.MeshDivisionError) as e:
+    raise config_check.ConfigError(str(e)) from None
+  return placement
 
 
 def uses_decoupled_ppo(config) -> bool:

@@ -16,6 +16,7 @@ processes and lets only the primary one write the shared files.
 import os
 from typing import Any, Mapping, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -219,3 +220,31 @@ class Checkpointer:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def restore_policy_params(path: str, abstract_params: Any) -> Any:
+  """The newest `params` item of a run (the warm start `rl.init_from` names).
+
+  Args:
+    path: a workdir (holding `checkpoints/`) or a checkpoint directory itself.
+    abstract_params: target structure, shapes, dtypes and shardings of the params.
+
+  Returns:
+    The restored params.
+
+  Raises:
+    config_check.ConfigError: `path` holds no checkpoint (one line naming rl.init_from).
+  """
+  directory = os.path.join(path, "checkpoints")
+  if not os.path.isdir(directory):
+    directory = path
+  if not os.path.isdir(directory):
+    raise config_check.ConfigError(f"rl.init_from={path!r}: no such directory; allowed: the "
+                                   "workdir of an earlier run, or '' (random init)")
+  with Checkpointer(directory) as ckpt:
+    step = ckpt.latest_step()
+    if step is None:
+      raise config_check.ConfigError(f"rl.init_from={path!r}: no checkpoint there; allowed: "
+                                     "the workdir of an earlier run, or '' (random init)")
+    logging.info("policy parameters from %s, step %d", directory, step)
+    return ckpt.restore_params(step, abstract_params)

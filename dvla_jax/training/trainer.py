@@ -27,7 +27,6 @@ import numpy as np
 
 from dvla_jax import models
 from dvla_jax import parallel
-from dvla_jax.config import config_check
 from dvla_jax.config import rng_streams
 from dvla_jax.envs import mjx_env
 from dvla_jax.programs import builders
@@ -41,7 +40,6 @@ from dvla_jax.swimlanes.tracing import Tracer
 from dvla_jax.training import checkpoints
 from dvla_jax.training import console
 from dvla_jax.training import metrics as metrics_lib
-from dvla_jax.training import sft
 from dvla_jax.training import warmstart
 
 TRACE_FILE = "trace.json"
@@ -138,20 +136,6 @@ def summary(config) -> str:
           f"{f' over {processes} processes' if processes > 1 else ''}")
 
 
-def make_placement(config) -> parallel.Placement:
-  """The plane meshes of `config.placement`; a placement the devices cannot hold, or whose
-  model axes do not divide the model's width, heads or MLP size, is a ConfigError (one line
-  naming the field)."""
-  try:
-    placement = parallel.Placement(parallel.make_plane_meshes(config.placement))
-    preset = models.get_preset(config.model.preset)
-    for plane in ("actor", "learner"):
-      parallel.check_mesh_divides(preset, placement.mesh(plane), where=f"placement.{plane}")
-  except (parallel.PlacementError, parallel.MeshDivisionError) as e:
-    raise config_check.ConfigError(str(e)) from None
-  return placement
-
-
 class _Run:
   """One call of `train`: the state the update callback needs between iterations."""
 
@@ -171,7 +155,7 @@ class _Run:
   def train(self, comp: Optional[builders.Components]) -> dict:
     config = self.config
     t0 = time.perf_counter()
-    placement = make_placement(config)
+    placement = builders.make_placement(config)
     comp = comp or builders.build(config)
     rng = jax.random.key(config.seed)
     init_rng = jax.random.fold_in(rng, rng_streams.INIT)
@@ -189,7 +173,7 @@ class _Run:
       logging.info("resumed from %s at iteration %d", self.ckpt.directory, latest)
     elif config.rl.init_from:  # Warm start (e.g. from SFT): params only, fresh optimizer.
       train_state = train_state.replace(
-          params=sft.restore_policy_params(config.rl.init_from, train_state.params))
+          params=checkpoints.restore_policy_params(config.rl.init_from, train_state.params))
     start = int(train_state.step)
     total = config.train.iterations
     # Every process steps its own env groups; an update learns from one slot of each.

@@ -3,10 +3,10 @@
 ARCHITECTURE's recipe is "scripted experts produce demonstrations, a short supervised phase,
 then RL raises success". `--config.mode=sft` plus `rl.init_from` does it in two runs;
 `rl.warmstart_steps > 0` does it in one: a fresh RL run records the task's expert through its
-own env (`sft.record_demos`), takes that many `sft.sft_step` gradient steps on the demonstrated
-action tokens, and starts PPO from the cloned policy with a fresh optimizer. The evaluation at
-iteration 0 is of the cloned policy, taken after the warm start, so the final evaluation
-against it shows what RL itself added.
+own env (`demo_rows.record_demos`), takes that many `sft.sft_step` gradient steps on the
+demonstrated action tokens, and starts PPO from the cloned policy with a fresh optimizer. The
+evaluation at iteration 0 is of the cloned policy, taken after the warm start, so the final
+evaluation against it shows what RL itself added.
 """
 
 import functools
@@ -20,6 +20,7 @@ from dvla_jax.config import rng_streams
 from dvla_jax.programs import builders
 from dvla_jax.programs import steps as steps_lib
 from dvla_jax.training import console
+from dvla_jax.training import demo_rows
 from dvla_jax.training import sft
 
 
@@ -40,11 +41,11 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
     The cloned policy parameters.
   """
   rng = jax.random.fold_in(rng, rng_streams.WARMSTART)
-  sft.check_experts(config, f"rl.warmstart_steps={config.rl.warmstart_steps}")
-  rounds = sft.recording_rounds(comp, config.sft.episodes)
+  demo_rows.check_experts(config, f"rl.warmstart_steps={config.rl.warmstart_steps}")
+  rounds = demo_rows.recording_rounds(comp, config.sft.episodes)
   with console.phase(f"warm start: recording {config.sft.episodes} rows of expert "
                      "demonstrations per task", rounds, "rounds") as bar:
-    demos = sft.record_demos(comp, rng, config.sft.episodes, config.sft.expert_noise,
+    demos = demo_rows.record_demos(comp, rng, config.sft.episodes, config.sft.expert_noise,
                              on_round=bar.advance)
   n = len(demos["row"])
   if n == 0:
@@ -60,12 +61,12 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
                     donate_argnums=0)
   state = steps_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                                opt_state=optimizer.init(params))
-  stream = sft.batches(demos, batch_size, seed=config.seed)
+  stream = demo_rows.batches(demos, batch_size, seed=config.seed)
   total = config.rl.warmstart_steps
   log_every = max(1, total // 4)
   with console.phase(f"warm start: behaviour cloning on {n} expert steps", total) as bar:
     for i in range(total):
-      batch = sft.to_batch(next(stream), comp.model_config)
+      batch = demo_rows.to_batch(next(stream), comp.model_config)
       state, metrics = step_fn(state, placement.put_batch(batch, "learner"))
       bar.advance()
       if (i + 1) % log_every == 0 or i + 1 == total:

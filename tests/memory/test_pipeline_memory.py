@@ -21,7 +21,6 @@ from dvla_jax import memory  # noqa: E402
 from dvla_jax import swimlanes  # noqa: E402
 from dvla_jax.models import presets  # noqa: E402
 from dvla_jax.programs import builders  # noqa: E402
-from dvla_jax.training import trainer  # noqa: E402
 
 # Warm-up: compilation, and the first rollouts of each env group.
 WARMUP, ITERATIONS, EVERY = 10, 100, 4
@@ -53,7 +52,7 @@ def test_async_pipeline_in_its_pools_allocates_no_device_buffers(monkeypatch):
                       presets.PRESETS["small"].replace(width=96, mlp_dim=384))
   config = _config()
   comp = builders.build(config)
-  placement = trainer.make_placement(config)
+  placement = builders.make_placement(config)
   state = comp.init_train_state(jax.random.key(0))
   pipe = swimlanes.AsyncPipeline(comp, placement, swimlanes.Tracer(enabled=False),
                                  jax.random.key(1))

@@ -109,7 +109,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     config.placement.sim.devices = 2
     config.placement.actor.data = 2
     config.placement.learner.fsdp = 4
-    placement = trainer.make_placement(config)
+    placement = builders.make_placement(config)
     ids = placement.meshes.device_ids()
     assert ids == {"sim": [0, 1], "actor": [2, 3], "learner": [4, 5, 6, 7]}, ids
     assert [placement.sim_device(g).id for g in range(3)] == [0, 1, 0]
@@ -153,7 +153,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     config.placement.learner.fsdp = 1
     config.placement.learner.data = 8
     try:
-      trainer.make_placement(config)
+      builders.make_placement(config)
     except config_check.ConfigError as e:
       print("ERROR", e)
     print("OK")

@@ -36,7 +36,7 @@ def comp():
 
 @pytest.fixture(scope="module")
 def setup(comp):
-  placement = trainer.make_placement(comp.config)
+  placement = builders.make_placement(comp.config)
   rng = jax.random.key(0)
   state = comp.init_train_state(rng)
   return comp, placement, state

@@ -20,7 +20,7 @@ import demo  # noqa: E402  (a config file, imported by path)
 from dvla_jax.config import config_check  # noqa: E402
 from dvla_jax.programs import builders  # noqa: E402
 from dvla_jax.programs import evaluation  # noqa: E402
-from dvla_jax.training import sft  # noqa: E402
+from dvla_jax.training import demo_rows  # noqa: E402
 
 NAMES = ["goal_touch_ball", "goal_push_cube"]
 B = 8
@@ -72,7 +72,7 @@ def test_grpo_groups_share_layout_and_task():
 
 def test_record_demos_gives_each_task_its_rows(comp):
   rows = 6  # Not a multiple of the batch per task: the last round is cut.
-  demos = sft.record_demos(comp, jax.random.key(1), rows)
+  demos = demo_rows.record_demos(comp, jax.random.key(1), rows)
   for task in range(len(NAMES)):
     mine = demos["task"] == task
     assert sorted(set(demos["row"][mine].tolist())) == list(range(rows)), task

@@ -22,6 +22,7 @@ from dvla_jax import models  # noqa: E402
 from dvla_jax.config import config_check  # noqa: E402
 from dvla_jax.programs import builders  # noqa: E402
 from dvla_jax.training import checkpoints  # noqa: E402
+from dvla_jax.training import demo_rows  # noqa: E402
 from dvla_jax.training import sft  # noqa: E402
 from dvla_jax.training import trainer  # noqa: E402
 
@@ -101,7 +102,7 @@ def test_checkpoint_has_the_rl_items(run):
   assert meta["config"]["sft"]["episodes"] == config.sft.episodes
   assert int(state.step) == STEPS
   _assert_same(params, state.params)
-  assert os.path.exists(os.path.join(workdir, sft.DEMOS_FILE))
+  assert os.path.exists(os.path.join(workdir, demo_rows.DEMOS_FILE))
 
 
 def test_rl_starts_from_the_sft_policy(run, tmp_path):
@@ -129,7 +130,7 @@ def test_rl_starts_from_the_sft_policy(run, tmp_path):
 def test_warm_start_path_errors_are_one_line(tmp_path):
   for path in (str(tmp_path / "missing"), str(tmp_path)):
     with pytest.raises(config_check.ConfigError, match="rl.init_from") as err:
-      sft.restore_policy_params(path, None)
+      checkpoints.restore_policy_params(path, None)
     assert "\n" not in str(err.value)
 
 
