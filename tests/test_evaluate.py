@@ -9,7 +9,6 @@ import sys
 
 import imageio.v2 as imageio
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from rich import console as rich_console
@@ -47,20 +46,6 @@ def test_summary_and_pooled_rates():
   assert (pooled["episodes"], pooled["successes"]) == (6, 3)
   assert pooled["mean_task_success_rate"] == pytest.approx(0.375)
   assert report.overall({}) is None
-
-
-def test_accumulate_stops_counting_at_first_success():
-  zeros = jnp.zeros((2,))
-  state = (zeros, zeros, zeros, zeros)
-  # World 0 succeeds at step 2 and would be rewarded again at step 3; world 1 never does.
-  for step_success, reward in (([0, 0], [1, 1]), ([1, 0], [1, 1]), ([1, 0], [5, 1])):
-    state = runner._accumulate(*state, jnp.asarray(step_success, jnp.float32),
-                               jnp.asarray(reward, jnp.float32))
-  success, ret, length, done = (np.asarray(x) for x in state)
-  np.testing.assert_array_equal(success, [1, 0])
-  np.testing.assert_array_equal(ret, [2, 3])
-  np.testing.assert_array_equal(length, [2, 3])
-  np.testing.assert_array_equal(done, [1, 0])
 
 
 def test_group_tasks_puts_suite_tasks_together():

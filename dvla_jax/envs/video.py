@@ -13,6 +13,7 @@ import imageio.v2 as imageio
 import jax
 import numpy as np
 
+from dvla_jax.envs import episodes
 from dvla_jax.envs import registry
 
 # Frames that repeat the last one, so a looping video shows the outcome.
@@ -81,18 +82,14 @@ def expert_frames(task: str, image_size: int = 128, cameras: Sequence[str] = ("f
   step = jax.jit(lambda s: jax.vmap(env.step)(s, jax.vmap(env.expert_action)(s)))
   state = reset(jax.random.split(jax.random.PRNGKey(seed), 1))
   frames = [_frame(state)]
-  success = False
-  steps = 0
-  for steps in range(1, (max_steps or config.episode_length) + 1):
-    state = step(state)
-    frames.append(_frame(state))
-    if float(state.metrics["success"][0]) > 0:
-      success = True
-      break
+  _, totals = episodes.play(state, lambda s, t: step(s), max_steps or config.episode_length,
+                            on_step=lambda t, s, nxt: frames.append(_frame(nxt)),
+                            check_every=1)
+  steps = int(totals.length[0])
   instruction = env.instruction_table()[int(state.obs["instruction"][0])]
   summary = {"task": task, "instruction": instruction,
-             "success": success, "steps": steps}
-  return frames, summary
+             "success": bool(totals.success[0] > 0), "steps": steps}
+  return frames[:steps + 1], summary
 
 
 def record_expert_video(task: str, path: str, image_size: int = 128,

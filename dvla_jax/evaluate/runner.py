@@ -23,6 +23,7 @@ import numpy as np
 from dvla_jax import envs
 from dvla_jax import models
 from dvla_jax.config import default_config
+from dvla_jax.envs import episodes as episode_loop
 from dvla_jax.envs import tasks as task_table
 from dvla_jax.evaluate import paths
 from dvla_jax.programs import builders
@@ -231,25 +232,26 @@ def run_episodes(policy: Policy, group: TaskGroup, episodes: int, rng: jax.Array
     round_rng = jax.random.fold_in(rng, r)
     keys = jax.random.key_data(jax.random.split(jax.random.fold_in(round_rng, 0), worlds))
     act_rng = jax.random.fold_in(round_rng, 1)
-    watch = [i for i in range(worlds) if first + i < recorded]
+    watch = np.array([i for i in range(worlds) if first + i < recorded], int)
     state = group.reset(keys, ids)
-    done = jnp.zeros((worlds,), jnp.float32)
-    success, ret, length = jnp.zeros_like(done), jnp.zeros_like(done), jnp.zeros_like(done)
-    acts, seen = [], [np.asarray(state.obs["image"][np.array(watch)])] if watch else []
-    for t in range(limit):
-      obs = observations.model_obs(state.obs, tokens)
-      a = policy.act(policy.params, obs, jax.random.fold_in(act_rng, t))
-      state = group.step(state, a)
-      success, ret, length, done = _accumulate(success, ret, length, done,
-                                               state.metrics["success"], state.reward)
-      if watch:
-        acts.append(np.asarray(a[np.array(watch)]))
-        if keep_frames:
-          seen.append(np.asarray(state.obs["image"][np.array(watch)]))
-      if bool(jnp.all(done > 0)):
-        break
+    acts, seen = [], [np.asarray(state.obs["image"][watch])] if watch.size else []
+
+    def step(state, t, act_rng=act_rng, watch=watch, acts=acts):
+      a = policy.act(policy.params, observations.model_obs(state.obs, tokens),
+                     jax.random.fold_in(act_rng, t))
+      if watch.size:
+        acts.append(np.asarray(a[watch]))
+      return group.step(state, a)
+
+    def record(t, state, nxt, watch=watch, seen=seen):
+      del t, state
+      if watch.size and keep_frames:
+        seen.append(np.asarray(nxt.obs["image"][watch]))
+
+    _, totals = episode_loop.play(state, step, limit, on_step=record)
     n = min(worlds, total - first)
-    success, ret, length, keys = (np.asarray(x)[:n] for x in (success, ret, length, keys))
+    success, ret, length, keys = (np.asarray(x)[:n] for x in
+                                  (totals.success, totals.ret, totals.length, keys))
     for name, value in zip(out, (success, ret, length, keys), strict=True):
       out[name].append(value)
     for j, i in enumerate(watch):
@@ -262,11 +264,3 @@ def run_episodes(policy: Policy, group: TaskGroup, episodes: int, rng: jax.Array
                   episode_return=cat["ret"], length=cat["length"], keys=cat["keys"],
                   actions=actions, frames=frames)
 
-
-@jax.jit
-def _accumulate(success, ret, length, done, step_success, reward):
-  # The first success ends an episode; a world that finished keeps its totals.
-  active = 1.0 - done
-  success = jnp.maximum(success, active * step_success)
-  return (success, ret + active * reward, length + active,
-          jnp.maximum(done, (step_success > 0).astype(done.dtype)))

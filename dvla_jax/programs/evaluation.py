@@ -15,10 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dvla_jax import envs
+from dvla_jax.envs import episodes
 from dvla_jax.programs.builders import Components
-
-# Steps between checks that every world has finished (each check waits for the device).
-_DONE_CHECK_EVERY = 4
 
 
 def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int,
@@ -84,28 +82,14 @@ def num_rounds(num_episodes: int, num_envs: int) -> int:
 def _episode(comp: Components, params, rng, tasks: np.ndarray, greedy: bool):
   """(success, return, length), float [B] each, of one episode per env."""
   reset_rng, act_rng = jax.random.split(rng)
-  state = comp.reset(reset_rng, jnp.asarray(tasks, jnp.int32))
-  active = jnp.ones((comp.config.env.num_envs,), jnp.float32)
-  success = jnp.zeros_like(active)
-  ret = jnp.zeros_like(active)
-  length = jnp.zeros_like(active)
-  for t in range(comp.env.config.episode_length):
+
+  def step(state, t):
     if greedy:
       out = comp.act_greedy(params, state.obs)
     else:
       out = comp.act(params, state.obs, jax.random.fold_in(act_rng, t))
-    state = comp.env_step(state, out.actions)
-    success, ret, length, active = _accumulate(
-        success, ret, length, active, state.metrics["success"], state.reward, state.done)
-    if (t + 1) % _DONE_CHECK_EVERY == 0 and not bool(jnp.any(active > 0)):
-      break
-  return success, ret, length
+    return comp.env_step(state, out.actions)
 
-
-@jax.jit
-def _accumulate(success, ret, length, active, step_success, reward, done):
-  # Success ends an episode (done), so an active env's success counts once.
-  success = success + active * step_success
-  ret = ret + active * reward
-  length = length + active
-  return success, ret, length, active * (1.0 - done)
+  state = comp.reset(reset_rng, jnp.asarray(tasks, jnp.int32))
+  _, totals = episodes.play(state, step, comp.env.config.episode_length)
+  return totals.success, totals.ret, totals.length
