@@ -4,6 +4,7 @@ They are pure functions of explicit state so that the synchronous loop and the a
 lanes call exactly the same compiled programs; `build` in `builders.py` binds them to a config.
 """
 
+import functools
 from typing import Any
 
 from flax import nnx
@@ -431,6 +432,23 @@ def write_step(slot: RolloutSlot, t, obs, out: ActOutput, version, result: EnvSt
       transition=jax.tree.map(put, slot.transition, step),
       success=put(slot.success, result.success),
       episode_return=put(slot.episode_return, result.episode_return))
+
+
+def combine_slot_metrics(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+  """`slot_metrics` of several slots as one: episode-weighted success and return, mean
+  reward, and the version range over all of them."""
+  episodes = sum(p["rollout/episodes"] for p in parts)
+  weight = jnp.maximum(episodes, 1.0)
+  out = dict(parts[0])
+  out["rollout/episodes"] = episodes
+  for key in ("rollout/success_rate", "rollout/episode_return"):
+    out[key] = sum(p[key] * p["rollout/episodes"] for p in parts) / weight
+  out["rollout/reward_mean"] = sum(p["rollout/reward_mean"] for p in parts) / len(parts)
+  out["rollout/version_min"] = functools.reduce(jnp.minimum,
+                                                [p["rollout/version_min"] for p in parts])
+  out["rollout/version_max"] = functools.reduce(jnp.maximum,
+                                                [p["rollout/version_max"] for p in parts])
+  return out
 
 
 def slot_metrics(slot: RolloutSlot, first_episodes: bool = False) -> dict[str, jax.Array]:

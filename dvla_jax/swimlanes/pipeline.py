@@ -333,7 +333,7 @@ class AsyncPipeline:
         break
       slot, item = item[0], None
       it = self.iteration + 1
-      group_valid, slots = None, 1
+      group_valid, slots, collected = None, 1, None
       if refills:  # GRPO: more slots until every group position holds a mixed group.
         batch = st.grpo_start(slot)
         while not batch.full() and batch.slots <= refills:
@@ -348,9 +348,10 @@ class AsyncPipeline:
           pool.release(extra)
           del extra
         slot, group_valid, slots = batch.slot, batch.group_valid, batch.slots
+        collected = batch.rollout_metrics()
         del batch
       with tr.span("gradient", f"update {it}"):
-        state, metrics = st.learn(self.state, slot, it, group_valid)
+        state, metrics = st.learn(self.state, slot, it, group_valid, collected)
         metrics["learner/rollout_slots"] = slots
         jax.block_until_ready(state)
       # The update has read the slot: it can be filled again.

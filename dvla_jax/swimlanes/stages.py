@@ -63,11 +63,18 @@ class Slot:
 @dataclasses.dataclass
 class GrpoRefill:
   """A GRPO batch being refilled: its slot (the mixed groups first), which group positions
-  hold a group that carries signal, and how many rollout slots went into it."""
+  hold a group that carries signal, how many rollout slots went into it, and the rollout
+  metrics of those slots as they were collected (the batch itself holds mostly mixed groups,
+  so its own success rate says little about the policy)."""
 
   slot: Slot
   group_valid: jax.Array
   slots: int
+  collected: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+
+  def rollout_metrics(self) -> dict[str, jax.Array]:
+    """`steps.slot_metrics` over every collected slot (episode-weighted means)."""
+    return steps.combine_slot_metrics(self.collected)
 
   def full(self) -> bool:
     """Every group position is filled (waits for the device)."""
@@ -190,18 +197,22 @@ class Stages:
     return slot.replace(bootstrap=memory.overwrite(slot.bootstrap, value))
 
   def learn(self, state: steps.TrainState, slot: Slot, iteration: int,
-            group_valid: jax.Array | None = None
+            group_valid: jax.Array | None = None,
+            rollout_metrics: dict[str, jax.Array] | None = None
             ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
     """One update on a full slot; `iteration` (1-based) is the update's number.
 
     The train state passed in is donated; the slot is only read. `group_valid`: a refilled
-    GRPO batch's filled group positions (see `GrpoRefill`).
+    GRPO batch's filled group positions (see `GrpoRefill`); `rollout_metrics`: the `rollout/`
+    metrics to report instead of the slot's own (`GrpoRefill.rollout_metrics`).
     """
     rollout = self.placement.put_batch(slot.rollout, "learner", batch_axis=1)
     bootstrap = self.placement.put_batch(slot.bootstrap, "learner", batch_axis=0)
     if self.poison.applies(iteration):
       rollout = self.comp.poison(rollout)
     metrics = self.comp.slot_metrics(rollout)
+    if rollout_metrics is not None:
+      metrics.update(rollout_metrics)
     rng = jax.random.fold_in(jax.random.fold_in(self.rng, rng_streams.LEARN), iteration)
     if group_valid is not None:
       group_valid = self.placement.put_batch(group_valid, "learner", batch_axis=0)
@@ -221,15 +232,18 @@ class Stages:
 
   def grpo_start(self, slot: Slot) -> "GrpoRefill":
     """A refilled GRPO batch that starts from `slot` (consumed)."""
+    collected = [self.comp.slot_metrics(slot.rollout)]  # Before the slot is consumed.
     rollout, bootstrap, valid = self.comp.grpo_compact(slot.rollout, slot.bootstrap)
-    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, 1)
+    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, 1, collected)
 
   def grpo_add(self, batch: "GrpoRefill", extra: Slot) -> "GrpoRefill":
     """`batch` refilled with `extra`'s mixed groups (`batch` is consumed, `extra` only read)."""
+    collected = batch.collected + [self.comp.slot_metrics(extra.rollout)]
     rollout, bootstrap, valid = self.comp.grpo_merge(
         batch.slot.rollout, batch.slot.bootstrap, batch.group_valid, extra.rollout,
         extra.bootstrap)
-    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, batch.slots + 1)
+    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, batch.slots + 1,
+                      collected)
 
   def publish(self, snapshot: memory.WeightBuffer, version: int,
               state: steps.TrainState) -> None:

@@ -86,7 +86,7 @@ class SyncPipeline:
       # (it * (refills + 1) + k) * T + t, unique across iterations and resumes.
       slot = self._rollout(pool.acquire(timeout=0), g, params, it, counts,
                            it * (refills + 1))
-      group_valid, slots = None, 1
+      group_valid, slots, collected = None, 1, None
       if refills:  # GRPO: more slots until every group position holds a mixed group.
         batch = st.grpo_start(slot)
         while not batch.full() and batch.slots <= refills:
@@ -97,8 +97,9 @@ class SyncPipeline:
             self._ready(batch.group_valid)
           pool.release(extra)
         slot, group_valid, slots = batch.slot, batch.group_valid, batch.slots
+        collected = batch.rollout_metrics()
       with tr.span("gradient", f"update {it + 1}"):
-        self.state, metrics = st.learn(self.state, slot, it + 1, group_valid)
+        self.state, metrics = st.learn(self.state, slot, it + 1, group_valid, collected)
         metrics["learner/rollout_slots"] = slots
         self._ready(self.state)
       pool.release(slot)

@@ -138,6 +138,23 @@ def test_episodic_rollout_success_counts_first_episodes():
   assert float(first["rollout/episodes"]) == 2.0
 
 
+def test_refilled_batch_reports_the_collected_slots():
+  """A refilled GRPO batch holds mostly mixed groups; its rollout metrics are those of the
+  slots as collected: episode-weighted over all of them."""
+  one = {"rollout/episodes": jnp.float32(8), "rollout/success_rate": jnp.float32(0.25),
+         "rollout/episode_return": jnp.float32(0.25), "rollout/reward_mean": jnp.float32(0.1),
+         "rollout/version_min": jnp.float32(3), "rollout/version_max": jnp.float32(4)}
+  two = {"rollout/episodes": jnp.float32(24), "rollout/success_rate": jnp.float32(0.75),
+         "rollout/episode_return": jnp.float32(1.0), "rollout/reward_mean": jnp.float32(0.3),
+         "rollout/version_min": jnp.float32(4), "rollout/version_max": jnp.float32(5)}
+  both = steps.combine_slot_metrics([one, two])
+  assert float(both["rollout/episodes"]) == 32.0
+  assert float(both["rollout/success_rate"]) == pytest.approx((2 + 18) / 32)
+  assert float(both["rollout/episode_return"]) == pytest.approx((2 + 24) / 32)
+  assert float(both["rollout/reward_mean"]) == pytest.approx(0.2)
+  assert (float(both["rollout/version_min"]), float(both["rollout/version_max"])) == (3, 5)
+
+
 def test_critic_warmup_trains_only_the_value_head(setup):
   state, rollout, _, make_update = setup
   # state.step is 5: a warm-up of 6 updates covers this one, a warm-up of 5 does not.
