@@ -34,8 +34,9 @@ class EnvGroup:
   Attributes:
     env: the single-world task env (its `config.num_worlds` is the group's batch size).
     venv: the batched, auto-resetting env (brax wrappers).
-    reset: `(rng, tasks=None) -> env State` (jitted) for the whole group; with GRPO,
-      consecutive blocks of `rl.group_size` envs share a layout (and task). `tasks` (int [B],
+    reset: `(rng, tasks=None, shared=True) -> env State` (jitted) for the whole group; with
+      GRPO, consecutive blocks of `rl.group_size` envs share a layout (and task) unless
+      `shared=False` (evaluation: every world its own layout). `tasks` (int [B],
       indices into `envs.resolve_tasks(env.task)`) picks each world's task in a multi-task run
       and is ignored in a single-task one.
     env_step: jitted `(env State, actions [B, H*D]) -> env State`.
@@ -222,27 +223,33 @@ def _make_group(config, num_worlds: int) -> EnvGroup:
                                 jax.random.fold_in(jax.random.key(config.seed), rng_streams.DOMAIN))
   # The model side tokenises the instructions the env names by index.
   venv = observations.InstructionTokens(venv, models.tokenizer.text_len(env.instruction_table()))
+  def make_reset(share: int):
+    layouts = num_worlds // share
+
+    @jax.jit
+    def reset_tasks(rng, tasks):
+      keys = jax.random.split(rng, layouts)
+      if share > 1:  # GRPO: each group of envs starts from one shared layout.
+        keys = jnp.repeat(keys, share, axis=0)
+      # brax's wrappers size their counters from raw uint32 keys, [B, 2].
+      keys = jax.random.key_data(keys)
+      if num_tasks == 1:
+        return venv.reset(keys)
+      offset = jax.random.randint(jax.random.fold_in(rng, rng_streams.TASK), (), 0, num_tasks)
+      turns = (jnp.arange(num_worlds) // share + offset) % num_tasks
+      return venv.reset(envs.task_keys(keys, jnp.where(tasks < 0, turns, tasks)))
+    return reset_tasks
+
   share = config.rl.group_size if config.rl.algo == "grpo" else 1
-  layouts = num_worlds // share
+  shared_reset = make_reset(share)
+  resets = {True: shared_reset, False: make_reset(1) if share > 1 else shared_reset}
 
-  @jax.jit
-  def reset_tasks(rng, tasks):
-    keys = jax.random.split(rng, layouts)
-    if share > 1:  # GRPO: each group of envs starts from one shared layout.
-      keys = jnp.repeat(keys, share, axis=0)
-    # brax's wrappers size their counters from raw uint32 keys, [B, 2].
-    keys = jax.random.key_data(keys)
-    if num_tasks == 1:
-      return venv.reset(keys)
-    offset = jax.random.randint(jax.random.fold_in(rng, rng_streams.TASK), (), 0, num_tasks)
-    turns = (jnp.arange(num_worlds) // share + offset) % num_tasks
-    return venv.reset(envs.task_keys(keys, jnp.where(tasks < 0, turns, tasks)))
-
-  def reset(rng, tasks=None):
-    # One compiled reset for both: -1 stands for "take turns".
+  def reset(rng, tasks=None, shared: bool = True):
+    # One compiled reset for both: -1 stands for "take turns". `shared=False` gives every
+    # world its own layout whatever the algorithm (evaluation).
     if tasks is None:
       tasks = jnp.full((num_worlds,), -1, jnp.int32)
-    return reset_tasks(rng, jnp.asarray(tasks, jnp.int32))
+    return resets[shared](rng, jnp.asarray(tasks, jnp.int32))
 
   return EnvGroup(env=env, venv=venv, reset=reset, env_step=jax.jit(venv.step))
 

@@ -90,6 +90,7 @@ def _episode(comp: Components, params, rng, tasks: np.ndarray, greedy: bool):
       out = comp.act(params, state.obs, jax.random.fold_in(act_rng, t))
     return comp.env_step(state, out.actions)
 
-  state = comp.reset(reset_rng, jnp.asarray(tasks, jnp.int32))
+  # Every world its own layout, whatever the algorithm (GRPO's rollouts share them in groups).
+  state = comp.reset(reset_rng, jnp.asarray(tasks, jnp.int32), shared=False)
   _, totals = episodes.play(state, step, comp.env.config.episode_length)
   return totals.success, totals.ret, totals.length

@@ -84,7 +84,7 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
     reset_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, r))
     recorded = np.arange(comp.envs_per_group) + r * comp.envs_per_group
     task = recorded % num_tasks
-    state = comp.reset(reset_rng, jnp.asarray(task, jnp.int32))
+    state = comp.reset(reset_rng, jnp.asarray(task, jnp.int32), shared=False)
     steps = []
     for t in range(env.config.episode_length):
       tokens, executed = expert(state, jax.random.fold_in(noise_rng, t))

@@ -53,3 +53,20 @@ def test_value_head_steps_at_its_own_learning_rate():
   rl.value_lr = 0.0
   same = builders.make_optimizer(rl).init(params)
   assert jax.tree.structure(same) == jax.tree.structure(opt.init(params))
+
+
+def test_grpo_groups_share_layouts_but_evaluation_does_not():
+  config = _config("goal_touch_ball", algo="grpo", group_size=2, rollout_length=24)
+  config.env.image_size = 16
+  group = builders._make_group(config, 4)  # pylint: disable=protected-access
+  rng = jax.random.key(3)
+
+  def layouts(state):
+    return np.asarray(jax.vmap(group.env.object_pos)(state.pipeline_state))
+
+  shared = layouts(group.reset(rng))
+  np.testing.assert_allclose(shared[0], shared[1])  # One group: one layout.
+  np.testing.assert_allclose(shared[2], shared[3])
+  assert not np.allclose(shared[0], shared[2])
+  own = layouts(group.reset(rng, shared=False))
+  assert all(not np.allclose(own[i], own[j]) for i in range(4) for j in range(i))
