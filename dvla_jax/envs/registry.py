@@ -265,10 +265,12 @@ def refresh_reset_states(state, fresh):
   """Makes finished episodes restart from the layouts of `fresh` (a new batched reset).
 
   brax's AutoResetWrapper restarts every episode from the env's first reset state, so without
-  this each env would replay one layout forever.
+  this each env would replay one layout forever. Only the observation keys the env itself
+  emits are kept (a wrapper above it, e.g. the model side's instruction tokens, may add
+  others to `fresh.obs`).
   """
   info = dict(state.info)
   info["first_pipeline_state"] = fresh.pipeline_state
-  info["first_obs"] = fresh.obs
+  info["first_obs"] = {k: fresh.obs[k] for k in state.info["first_obs"]}
   info["first_task"] = fresh.info["task"]
   return state.replace(info=info)

@@ -37,3 +37,18 @@ def test_table_tokens_never_truncate():
   assert [tokenizer.decode(t) for t in tokens] == table
   with pytest.raises(ValueError, match="need 24 tokens > the model's max_text_len 20"):
     tokenizer.table_tokens(table, 20)
+
+
+def test_running_episodes_restart_from_fresh_layouts_with_tokens():
+  """Slots that keep episodes running refresh the auto-reset state from a new (tokenised)
+  reset; the env below keeps only its own observation keys."""
+  from dvla_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  from dvla_jax.programs import builders  # pylint: disable=g-import-not-at-top
+  config = default_config.get_config()
+  config.env.num_envs, config.env.image_size, config.model.preset = B, 16, "tiny"
+  group = builders._make_group(config, B)  # pylint: disable=protected-access
+  state = group.reset(jax.random.key(0))
+  state = group.start_rollout(state, jax.random.key(1), first_episodes=False)
+  assert set(state.info["first_obs"]) == {"image", "instruction", "proprio"}
+  nxt = group.env_step(state, jnp.zeros((B, group.env.action_size)))
+  assert set(nxt.obs) == {"image", "instruction", "proprio", "text"}
