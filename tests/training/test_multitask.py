@@ -105,7 +105,7 @@ def test_evaluation_reports_each_task_sampled_and_greedy(comp):
 
   scripted = dataclasses.replace(
       comp, act=act, act_greedy=act_greedy,
-      reset=lambda rng, tasks=None: keep(comp.reset(rng, tasks)),
+      reset=lambda rng, tasks=None, shared=True: keep(comp.reset(rng, tasks, shared)),
       env_step=lambda state, actions: keep(comp.env_step(state, actions)))
   params = comp.init_train_state(jax.random.key(0)).params
   result = evaluation.evaluate(scripted, params, jax.random.key(2), B)
