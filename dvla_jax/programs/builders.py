@@ -24,6 +24,7 @@ from dvla_jax.config import config_check
 from dvla_jax.config import rng_streams
 from dvla_jax.envs import randomization
 from dvla_jax.programs import observations
+from dvla_jax.programs import rollout_metrics
 from dvla_jax.programs import steps
 
 
@@ -85,7 +86,7 @@ class Components:
       donating the train state.
     decoupled: whether `update` scores the rollout under the proximal policy first.
     write_step: jitted `steps.write_step`, donating the slot.
-    slot_metrics: jitted `steps.slot_metrics`.
+    slot_metrics: jitted `rollout_metrics.slot_metrics`.
     copy_params: jitted copy of a params tree (a snapshot the next donated update cannot
       delete).
     poison: jitted `slot -> slot` with NaN rewards (test hook `testing.nan_from`).
@@ -315,7 +316,7 @@ def build(config) -> Components:
       groups=groups, envs_per_group=per_group, decoupled=decoupled,
       write_step=jax.jit(steps.write_step, donate_argnums=0),
       slot_metrics=jax.jit(functools.partial(
-          steps.slot_metrics, first_episodes=steps.first_episode_slots(config.rl))),
+          rollout_metrics.slot_metrics, first_episodes=steps.first_episode_slots(config.rl))),
       copy_params=memory.copy_tree,
       poison=jax.jit(_poison),
       grpo_compact=jax.jit(functools.partial(

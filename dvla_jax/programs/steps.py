@@ -4,7 +4,6 @@ They are pure functions of explicit state so that the synchronous loop and the a
 lanes call exactly the same compiled programs; `build` in `builders.py` binds them to a config.
 """
 
-import functools
 from typing import Any
 
 from flax import nnx
@@ -88,7 +87,7 @@ def first_episode_slots(rl_config) -> bool:
   return rl_config.algo == "grpo" or rl_config.episodic_slots
 
 
-def _first_episode(done: jax.Array) -> jax.Array:
+def first_episode_mask(done: jax.Array) -> jax.Array:
   """[T, B] 1.0 where step t belongs to env b's first episode of the slot."""
   done = done.astype(jnp.float32)
   # No episode ended before step t (exclusive).
@@ -111,7 +110,7 @@ def _value_head_only(grads, policy_coef):
 def _grpo_outcome(rollout: rl.Transition, rewards: jax.Array, group_size: int):
   """(outcome f32 [B]: did each env's first episode succeed, mixed f32 [B / G]: 1 for a group
   whose outcomes differ)."""
-  alive = _first_episode(rollout.done)
+  alive = first_episode_mask(rollout.done)
   # Binary outcome: did the first episode succeed (any positive reward in it)?
   outcome = (jnp.sum(alive * (rewards > 0), axis=0) > 0).astype(jnp.float32)
   groups = outcome.reshape(-1, group_size)
@@ -131,7 +130,7 @@ def _grpo_advantages(rollout: rl.Transition, rewards: jax.Array, group_size: int
   Returns:
     (advantages [T, B], sample weight [T, B] in {0, 1}, outcome [B], kept-group fraction).
   """
-  alive = _first_episode(rollout.done)
+  alive = first_episode_mask(rollout.done)
   outcome, mixed = _grpo_outcome(rollout, rewards, group_size)
   if group_valid is not None:
     mixed = mixed * group_valid
@@ -276,7 +275,7 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
     extra["learner/value_mean"] = jnp.mean(rollout.value)
     sample_weight = jnp.ones((t * b,), jnp.float32)
     if rl_config.episodic_slots:  # Learn from each env's first episode only.
-      sample_weight = jnp.reshape(_first_episode(rollout.done), (t * b,))
+      sample_weight = jnp.reshape(first_episode_mask(rollout.done), (t * b,))
     policy_coef = (state.step >= rl_config.critic_warmup_iterations).astype(jnp.float32)
   n = batch.size
   num_mb = rl_config.num_minibatches
@@ -318,33 +317,6 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
   metrics["learner/policy_coef"] = policy_coef
   metrics["learner/skipped"] = 1.0 - ok.astype(jnp.float32)
   return new_state.replace(step=state.step + 1), metrics
-
-
-def rollout_metrics(rollout: rl.Transition, success: jax.Array, episode_return: jax.Array,
-                    first_episodes: bool = False) -> dict[str, jax.Array]:
-  """Success rate and return of the episodes that finished inside a rollout.
-
-  Args:
-    rollout: the rollout ([T, B] leaves).
-    success: [T, B] 1.0 where the step ended in success.
-    episode_return: [T, B] return of the finished episode at `done` steps.
-    first_episodes: count each env's first episode of the rollout only (what the learner
-      learns from when slots are episodic). Counting the later ones too favours the tasks
-      that finish fast, which fit more episodes into a slot.
-
-  Returns:
-    Scalar metrics under `rollout/`.
-  """
-  done = rollout.done.astype(jnp.float32)
-  if first_episodes:
-    done = done * _first_episode(done)
-  finished = jnp.maximum(jnp.sum(done), 1.0)
-  return {
-      "rollout/episodes": jnp.sum(done),
-      "rollout/success_rate": jnp.sum(done * success) / finished,
-      "rollout/episode_return": jnp.sum(done * episode_return) / finished,
-      "rollout/reward_mean": jnp.mean(rollout.reward),
-  }
 
 
 @flax.struct.dataclass
@@ -432,29 +404,3 @@ def write_step(slot: RolloutSlot, t, obs, out: ActOutput, version, result: EnvSt
       transition=jax.tree.map(put, slot.transition, step),
       success=put(slot.success, result.success),
       episode_return=put(slot.episode_return, result.episode_return))
-
-
-def combine_slot_metrics(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
-  """`slot_metrics` of several slots as one: episode-weighted success and return, mean
-  reward, and the version range over all of them."""
-  episodes = sum(p["rollout/episodes"] for p in parts)
-  weight = jnp.maximum(episodes, 1.0)
-  out = dict(parts[0])
-  out["rollout/episodes"] = episodes
-  for key in ("rollout/success_rate", "rollout/episode_return"):
-    out[key] = sum(p[key] * p["rollout/episodes"] for p in parts) / weight
-  out["rollout/reward_mean"] = sum(p["rollout/reward_mean"] for p in parts) / len(parts)
-  out["rollout/version_min"] = functools.reduce(jnp.minimum,
-                                                [p["rollout/version_min"] for p in parts])
-  out["rollout/version_max"] = functools.reduce(jnp.maximum,
-                                                [p["rollout/version_max"] for p in parts])
-  return out
-
-
-def slot_metrics(slot: RolloutSlot, first_episodes: bool = False) -> dict[str, jax.Array]:
-  """`rollout_metrics` of a full slot, plus the spread of policy versions in it."""
-  metrics = rollout_metrics(slot.transition, slot.success, slot.episode_return, first_episodes)
-  version = slot.transition.version
-  metrics["rollout/version_min"] = jnp.min(version).astype(jnp.float32)
-  metrics["rollout/version_max"] = jnp.max(version).astype(jnp.float32)
-  return metrics

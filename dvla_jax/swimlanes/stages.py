@@ -29,6 +29,7 @@ from dvla_jax import memory
 from dvla_jax import parallel
 from dvla_jax.config import rng_streams
 from dvla_jax.parallel import Placement
+from dvla_jax.programs import rollout_metrics as rollout_metrics_lib
 from dvla_jax.programs import steps
 from dvla_jax.programs.builders import Components
 
@@ -73,8 +74,8 @@ class GrpoRefill:
   collected: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
 
   def rollout_metrics(self) -> dict[str, jax.Array]:
-    """`steps.slot_metrics` over every collected slot (episode-weighted means)."""
-    return steps.combine_slot_metrics(self.collected)
+    """`rollout_metrics.slot_metrics` over every collected slot (episode-weighted means)."""
+    return rollout_metrics_lib.combine_slot_metrics(self.collected)
 
   def full(self) -> bool:
     """Every group position is filled (waits for the device)."""

@@ -13,6 +13,7 @@ from dvla_jax import models
 from dvla_jax import rl
 from dvla_jax.config import default_config
 from dvla_jax.programs import builders
+from dvla_jax.programs import rollout_metrics
 from dvla_jax.programs import steps
 
 T, B = 2, 4
@@ -130,8 +131,8 @@ def test_episodic_rollout_success_counts_first_episodes():
   success = jnp.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
   rollout = rl.Transition(obs={}, tokens=None, log_probs=None, value=None,
                           reward=success, done=done, truncated=jnp.zeros_like(done), version=None)
-  every = steps.rollout_metrics(rollout, success, success)
-  first = steps.rollout_metrics(rollout, success, success, first_episodes=True)
+  every = rollout_metrics.rollout_metrics(rollout, success, success)
+  first = rollout_metrics.rollout_metrics(rollout, success, success, first_episodes=True)
   assert float(every["rollout/success_rate"]) == pytest.approx(2 / 3)
   assert float(every["rollout/episodes"]) == 3.0
   assert float(first["rollout/success_rate"]) == pytest.approx(0.5)
@@ -147,7 +148,7 @@ def test_refilled_batch_reports_the_collected_slots():
   two = {"rollout/episodes": jnp.float32(24), "rollout/success_rate": jnp.float32(0.75),
          "rollout/episode_return": jnp.float32(1.0), "rollout/reward_mean": jnp.float32(0.3),
          "rollout/version_min": jnp.float32(4), "rollout/version_max": jnp.float32(5)}
-  both = steps.combine_slot_metrics([one, two])
+  both = rollout_metrics.combine_slot_metrics([one, two])
   assert float(both["rollout/episodes"]) == 32.0
   assert float(both["rollout/success_rate"]) == pytest.approx((2 + 18) / 32)
   assert float(both["rollout/episode_return"]) == pytest.approx((2 + 24) / 32)
@@ -207,7 +208,7 @@ def test_write_step_fills_one_row_in_place():
   np.testing.assert_array_equal(tr.version[1], [4] * B)
   np.testing.assert_array_equal(tr.version[0], [0] * B)
   assert tr.done.dtype == bool and bool(tr.done[1].all()) and not bool(tr.done[0].any())
-  metrics = steps.slot_metrics(slot)
+  metrics = rollout_metrics.slot_metrics(slot)
   assert float(metrics["rollout/episodes"]) == B
   assert float(metrics["rollout/success_rate"]) == 1.0
   assert float(metrics["rollout/episode_return"]) == 3.0
