@@ -224,6 +224,7 @@ def _make_group(config, num_worlds: int) -> EnvGroup:
                                 jax.random.fold_in(jax.random.key(config.seed), rng_streams.DOMAIN))
   # The model side tokenises the instructions the env names by index.
   venv = observations.InstructionTokens(venv, models.tokenizer.text_len(env.instruction_table()))
+
   def make_reset(share: int):
     layouts = num_worlds // share
 
