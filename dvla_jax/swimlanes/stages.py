@@ -211,9 +211,9 @@ class Stages:
     bootstrap = self.placement.put_batch(slot.bootstrap, "learner", batch_axis=0)
     if self.poison.applies(iteration):
       rollout = self.comp.poison(rollout)
-    metrics = self.comp.slot_metrics(rollout)
-    if rollout_metrics is not None:
-      metrics.update(rollout_metrics)
+    # A refilled GRPO batch brings the metrics of the slots it collected: not computed again.
+    metrics = dict(rollout_metrics) if rollout_metrics is not None else self.comp.slot_metrics(
+        rollout)
     rng = jax.random.fold_in(jax.random.fold_in(self.rng, rng_streams.LEARN), iteration)
     if group_valid is not None:
       group_valid = self.placement.put_batch(group_valid, "learner", batch_axis=0)
