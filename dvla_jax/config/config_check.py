@@ -130,6 +130,8 @@ _RULES: dict[str, _Rule] = {
     "rl.max_staleness": _int(ge=-1),
     "rl.grpo_refill_slots": _int(ge=0),
     "rl.group_size": _int(ge=2),
+    "rl.task_sampling": _choice("uniform", "learnability"),
+    "rl.task_sampling_mix": _PROBABILITY,
     "rl.init_from": _Rule(str),
     "rl.warmstart_steps": _int(ge=0),
     "sft.demos": _Rule(str),

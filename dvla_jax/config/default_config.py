@@ -88,6 +88,13 @@ Fields:
   rl.warmstart_steps: behaviour-cloning steps on the task's scripted expert at the start of a
     fresh run (no checkpoint, no `rl.init_from`), before the iteration-0 evaluation; uses the
     `sft.*` settings (see `dvla_jax/training/warmstart.py`). 0 = off.
+  rl.task_sampling: which task each world runs in a multi-task run (env.task a suite or a
+    list): "uniform" (the tasks take turns over the worlds) or "learnability" (each rollout
+    slot gives more worlds to the tasks whose recent rollout success p is nearest 0.5, in
+    proportion to p (1 - p): tasks always solved or always failed carry no signal under a
+    sparse reward; `dvla_jax/rl/curriculum.py`). Evaluation stays uniform.
+  rl.task_sampling_mix: with "learnability", the share of the worlds still spread evenly
+    over the tasks (so each keeps being measured).
   rl.init_from: warm start, e.g. from an SFT run: a workdir (or its checkpoints directory)
     whose newest `params` item initialises the policy when this run's workdir has no
     checkpoint yet; the optimizer state and iteration count start fresh ("" = random init).
@@ -209,6 +216,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.rl.max_staleness = 2
   config.rl.group_size = 4
   config.rl.grpo_refill_slots = 2
+  config.rl.task_sampling = "uniform"
+  config.rl.task_sampling_mix = 0.25
   config.rl.init_from = ""
   config.rl.warmstart_steps = 0
 

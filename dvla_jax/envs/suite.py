@@ -107,6 +107,11 @@ class SuiteEnv(mjx_env.TabletopEnv):
   def instruction_table(self) -> list[str]:
     return [text for spec in self.specs for text in tasks.instructions(spec)]
 
+  def instruction_tasks(self) -> np.ndarray:
+    """int32 [len(instruction_table())]: the task number (into `task_names`) of each row."""
+    counts = [len(tasks.instructions(spec)) for spec in self.specs]
+    return np.repeat(np.arange(len(self.specs), dtype=np.int32), counts)
+
   # -- Episodes -----------------------------------------------------------------------------
 
   def reset_task(self, rng: jax.Array, task: jax.Array) -> mjx_env.State:

@@ -48,16 +48,17 @@ class EnvGroup:
   reset: Callable
   env_step: Callable
 
-  def start_rollout(self, state, rng: jax.Array, first_episodes: bool):
+  def start_rollout(self, state, rng: jax.Array, first_episodes: bool, tasks=None):
     """The env state a new rollout slot starts from.
 
     With `first_episodes` (GRPO, or PPO with `rl.episodic_slots`) every env restarts, so that
     each slot holds one first episode per env from a fresh layout. Otherwise episodes keep
     running and only the ones that finish restart, from the fresh layouts drawn here.
+    `tasks`: the worlds' tasks for those layouts (see `reset`; None: they take turns).
     """
     if first_episodes:
-      return self.reset(rng)
-    return envs.refresh_reset_states(state, self.reset(rng))
+      return self.reset(rng, tasks)
+    return envs.refresh_reset_states(state, self.reset(rng, tasks))
 
 
 @dataclasses.dataclass
@@ -317,7 +318,8 @@ def build(config) -> Components:
       groups=groups, envs_per_group=per_group, decoupled=decoupled,
       write_step=jax.jit(steps.write_step, donate_argnums=0),
       slot_metrics=jax.jit(functools.partial(
-          rollout_metrics.slot_metrics, first_episodes=steps.first_episode_slots(config.rl))),
+          rollout_metrics.slot_metrics, first_episodes=steps.first_episode_slots(config.rl),
+          **_task_tables(config, env))),
       copy_params=memory.copy_tree,
       poison=jax.jit(_poison),
       grpo_compact=jax.jit(functools.partial(
@@ -327,6 +329,14 @@ def build(config) -> Components:
           steps.grpo_merge, group_size=rl_config.group_size,
           reward_scale=rl_config.reward_scale), donate_argnums=(0, 1)),
   )
+
+
+def _task_tables(config, env) -> dict[str, Any]:
+  """`slot_metrics`' per-task arguments: none in a single-task run."""
+  names = envs.resolve_tasks(config.env.task)
+  if len(names) == 1:
+    return {}
+  return {"instruction_tasks": env.instruction_tasks(), "task_names": tuple(names)}
 
 
 def _poison(slot: steps.RolloutSlot) -> steps.RolloutSlot:

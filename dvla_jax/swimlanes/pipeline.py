@@ -85,8 +85,9 @@ class AsyncPipeline:
     self.tracer = tracer
     self.faults = faults
     self.join_timeout_s = join_timeout_s or comp.config.swimlanes.stall_timeout_s
-    self.sampler = stages_lib.Sampler(comp, placement, rng)
-    self.stages = stages_lib.Stages(comp, placement, rng, poison)
+    curriculum = stages_lib.task_curriculum(comp)
+    self.sampler = stages_lib.Sampler(comp, placement, rng, curriculum)
+    self.stages = stages_lib.Stages(comp, placement, rng, poison, curriculum)
     self.state: Optional[steps.TrainState] = None
     self.iteration = 0
     self.supervisor: Optional[Supervisor] = None

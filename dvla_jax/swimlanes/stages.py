@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvla_jax import envs
 from dvla_jax import memory
 from dvla_jax import parallel
 from dvla_jax.config import rng_streams
@@ -32,6 +33,7 @@ from dvla_jax.parallel import Placement
 from dvla_jax.programs import rollout_metrics as rollout_metrics_lib
 from dvla_jax.programs import steps
 from dvla_jax.programs.builders import Components
+from dvla_jax.rl import curriculum as curriculum_lib
 
 _any = jax.jit(jnp.max)
 
@@ -82,16 +84,39 @@ class GrpoRefill:
     return bool(jax.device_get(jnp.min(self.group_valid)) > 0)
 
 
-class Sampler:
-  """The env groups' states and the steps of the sampling lane."""
+def task_curriculum(comp: Components) -> curriculum_lib.TaskCurriculum:
+  """The run's `rl.task_sampling` over its tasks (shared by its Sampler and Stages)."""
+  rl_config = comp.config.rl
+  return curriculum_lib.TaskCurriculum(envs.resolve_tasks(comp.config.env.task),
+                                       rl_config.task_sampling, rl_config.task_sampling_mix)
 
-  def __init__(self, comp: Components, placement: Placement, rng: jax.Array):
+
+class Sampler:
+  """The env groups' states and the steps of the sampling lane.
+
+  With an active `curriculum`, each rollout slot after the first assigns the worlds' tasks
+  by its shares (blocks of `rl.group_size` worlds under GRPO); otherwise the tasks take turns.
+  """
+
+  def __init__(self, comp: Components, placement: Placement, rng: jax.Array,
+               curriculum: Optional[curriculum_lib.TaskCurriculum] = None):
     self.comp = comp
     self.placement = placement
     self.rng = rng
+    self.curriculum = curriculum
     self.states: list[Any] = [None] * len(comp.groups)
     self.steps_in_slot = [0] * len(comp.groups)
     self.rollouts = [0] * len(comp.groups)
+
+  def _tasks(self, group: int, count: int) -> Optional[np.ndarray]:
+    """The curriculum's task per world for rollout `count` of `group` (None: uniform)."""
+    if self.curriculum is None or not self.curriculum.active:
+      return None
+    rl_config = self.comp.config.rl
+    share = rl_config.group_size if rl_config.algo == "grpo" else 1
+    seed = [int(x) for x in np.ravel(jax.random.key_data(self.rng))]
+    rng = np.random.default_rng(seed + [rng_streams.TASK, group, count])
+    return self.curriculum.tasks(self.comp.envs_per_group, share, rng)
 
   def _key(self, purpose: int, group: int, count: int) -> jax.Array:
     key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.rng, purpose), group),
@@ -123,7 +148,8 @@ class Sampler:
       self.steps_in_slot[group] = 0
       self.rollouts[group] += 1
       state = g.start_rollout(state, self._key(rng_streams.ROLLOUT, group, self.rollouts[group]),
-                              steps.first_episode_slots(self.comp.config.rl))
+                              steps.first_episode_slots(self.comp.config.rl),
+                              self._tasks(group, self.rollouts[group]))
       result = result.replace(obs=state.obs)
     self.states[group] = state
     return result
@@ -133,11 +159,13 @@ class Stages:
   """Inference, gradient and distribution work on the plane meshes."""
 
   def __init__(self, comp: Components, placement: Placement, rng: jax.Array,
-               poison: Optional[Poison] = None):
+               poison: Optional[Poison] = None,
+               curriculum: Optional[curriculum_lib.TaskCurriculum] = None):
     self.comp = comp
     self.placement = placement
     self.rng = rng
     self.poison = poison or Poison()
+    self.curriculum = curriculum
 
   def act_key(self, group: int, count: int) -> jax.Array:
     act = jax.random.fold_in(self.rng, rng_streams.ACT)
@@ -220,6 +248,9 @@ class Stages:
     state, learner_metrics = self.comp.update(state, rollout.transition, bootstrap, rng,
                                               group_valid)
     metrics.update(learner_metrics)
+    if self.curriculum is not None:  # Its shares for the next slots, then what it saw here.
+      metrics.update(self.curriculum.metrics())
+      self.curriculum.observe(metrics)
     return state, metrics
 
   def refills_grpo(self) -> int:

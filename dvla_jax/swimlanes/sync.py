@@ -39,8 +39,9 @@ class SyncPipeline:
     self.placement = placement
     self.tracer = tracer
     self.faults = faults
-    self.sampler = stages_lib.Sampler(comp, placement, rng)
-    self.stages = stages_lib.Stages(comp, placement, rng, poison)
+    curriculum = stages_lib.task_curriculum(comp)
+    self.sampler = stages_lib.Sampler(comp, placement, rng, curriculum)
+    self.stages = stages_lib.Stages(comp, placement, rng, poison, curriculum)
     self.iteration = 0
     self.state = None
 

@@ -139,6 +139,30 @@ def test_episodic_rollout_success_counts_first_episodes():
   assert float(first["rollout/episodes"]) == 2.0
 
 
+def test_rollout_success_per_task():
+  # Instructions 0-1 belong to task "a", 2 to task "b". Env 0 ("a") succeeds at t=0 and then
+  # starts a "b" episode that fails at t=3; env 1 ("b") succeeds at t=1.
+  instruction = jnp.array([[0, 2], [2, 2], [2, 2], [2, 2]])
+  done = jnp.array([[True, False], [False, True], [False, False], [True, False]])
+  success = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+  rollout = rl.Transition(obs={"instruction": instruction}, tokens=None, log_probs=None,
+                          value=None, reward=success, done=done,
+                          truncated=jnp.zeros_like(done), version=None)
+  tables = {"instruction_tasks": np.array([0, 0, 1]), "task_names": ("a", "b")}
+  every = rollout_metrics.rollout_metrics(rollout, success, success, **tables)
+  assert float(every["rollout/a/episodes"]) == 1.0 and float(every["rollout/b/episodes"]) == 2.0
+  assert float(every["rollout/a/success_rate"]) == 1.0
+  assert float(every["rollout/b/success_rate"]) == pytest.approx(0.5)
+  first = rollout_metrics.rollout_metrics(rollout, success, success, first_episodes=True,
+                                          **tables)
+  assert float(first["rollout/b/episodes"]) == 1.0 and float(first["rollout/b/success_rate"]) == 1
+  # Merged slots weight each task's rate by its own episodes.
+  both = rollout_metrics.combine_slot_metrics([dict(every, **{"rollout/version_min": 0.0,
+                                                              "rollout/version_max": 0.0})] * 2)
+  assert float(both["rollout/b/episodes"]) == 4.0
+  assert float(both["rollout/b/success_rate"]) == pytest.approx(0.5)
+
+
 def test_refilled_batch_reports_the_collected_slots():
   """A refilled GRPO batch holds mostly mixed groups; its rollout metrics are those of the
   slots as collected: episode-weighted over all of them."""

@@ -20,6 +20,8 @@ import demo  # noqa: E402  (a config file, imported by path)
 from dvla_jax.config import config_check  # noqa: E402
 from dvla_jax.programs import builders  # noqa: E402
 from dvla_jax.programs import evaluation  # noqa: E402
+from dvla_jax.rl import curriculum as rl_curriculum  # noqa: E402
+from dvla_jax.swimlanes import stages as stages_lib  # noqa: E402
 from dvla_jax.training import demo_rows  # noqa: E402
 
 NAMES = ["goal_touch_ball", "goal_push_cube"]
@@ -119,3 +121,33 @@ def test_evaluation_reports_each_task_sampled_and_greedy(comp):
   # The expert finishes early and the loop stops soon after; the sampled policy does not.
   assert calls["greedy"] < comp.env.config.episode_length
   assert calls["sampled"] == comp.env.config.episode_length
+
+
+def test_slots_report_success_per_task(comp):
+  metrics = comp.slot_metrics(comp.empty_slot())
+  for name in NAMES:
+    assert f"rollout/{name}/episodes" in metrics and f"rollout/{name}/success_rate" in metrics
+
+
+def test_learnability_sampling_gives_the_uncertain_task_more_worlds(comp):
+  """After updates that saw task 0 always solved and task 1 half the time, the next rollout
+  slot's worlds get mostly task 1 (the sampler assigns them as it starts the slot)."""
+  curriculum = stages_lib.task_curriculum(comp)
+  assert not curriculum.active  # rl.task_sampling defaults to "uniform".
+  curriculum = rl_curriculum.TaskCurriculum(NAMES, "learnability", mix=0.0)
+  curriculum.observe({f"rollout/{NAMES[0]}/episodes": 40.0,
+                      f"rollout/{NAMES[0]}/success_rate": 1.0,
+                      f"rollout/{NAMES[1]}/episodes": 40.0,
+                      f"rollout/{NAMES[1]}/success_rate": 0.5})
+  sampler = stages_lib.Sampler(comp, builders.make_placement(comp.config), jax.random.key(0),
+                               curriculum)
+  result = sampler.reset(0)
+  assert np.bincount(_tasks(sampler.states[0]), minlength=2).tolist() == [B // 2, B // 2]
+  actions = jnp.zeros((B, comp.model_config.action_horizon * comp.model_config.action_dim))
+  for _ in range(comp.config.rl.rollout_length):
+    result = sampler.step(0, actions)
+  assert result.obs["instruction"].shape == (B,)
+  # Slots are not episodic here: the episodes that finish from now on restart with these.
+  assert not comp.config.rl.episodic_slots
+  restarts = np.asarray(sampler.states[0].info["first_task"]["task"])
+  assert np.bincount(restarts, minlength=2).tolist() == [1, B - 1]
