@@ -10,7 +10,7 @@ NAMES = ("solved", "half", "rare", "never")
 
 def _metrics(rates, episodes=40):
   out = {}
-  for name, rate in zip(NAMES, rates):
+  for name, rate in zip(NAMES, rates, strict=True):
     out[f"rollout/{name}/episodes"] = float(episodes)
     out[f"rollout/{name}/success_rate"] = float(rate)
   return out
