@@ -59,7 +59,6 @@ except flags.Error as e:  # ml_collections already reads --flagfile while defini
   _fail(str(e).replace("ERROR:: ", ""))
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics; a run resumes from it.")
-flags.mark_flags_as_required(["config", "workdir"])
 # Multi-host runs (jax.distributed); each falls back to JAX's own environment variable.
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0 in a multi-process run "
@@ -87,45 +86,46 @@ def _config_argument(argv: Sequence[str]) -> Optional[str]:
   return value
 
 
-def _unknown_override(argv: Sequence[str]) -> Optional[str]:
-  """Names the first --config.<path> in argv that is not a field of the config file."""
-  argument = _config_argument(argv[1:])
-  if argument is None:
-    return None
-  config = config_check.load_config_file(argument)
-  for arg in flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False):
-    match = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
-    if not match:
-      continue
-    node, walked = config, []
-    for key in match.group(1).split("."):
-      if not isinstance(node, ml_collections.ConfigDict):
-        return (f"config.{'.'.join(walked)} is a {type(node).__name__} field, not a group; "
-                f"allowed: {config_check.describe('.'.join(walked)) or 'a value'}")
-      if key not in node:
-        path = ".".join(walked + [key])
-        return f"config.{path}: unknown field; allowed: {', '.join(node.keys())}"
-      node = node[key]
-      walked.append(key)
+def _override_problem(config: ml_collections.ConfigDict, arg: str) -> Optional[str]:
+  """What is wrong with one `--config.<path>[=value]` override of `config`, or None.
+
+  Checked here, against the config file's own tree and the fields' declared types, rather
+  than by rewording what absl and ml_collections say when they reject it.
+  """
+  name, eq, value = arg.lstrip("-").partition("=")
+  negated = name.startswith("noconfig.")
+  path = name.split(".", 1)[1]
+  node, walked = config, []
+  for key in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f"config.{'.'.join(walked)} is a {type(node).__name__} field, not a group; "
+              f"allowed: {_allowed(walked)}")
+    if key not in node:
+      return f"config.{'.'.join(walked + [key])}: unknown field; allowed: {', '.join(node.keys())}"
+    node = node[key]
+    walked.append(key)
+  if isinstance(node, ml_collections.ConfigDict):
+    return f"config.{path} is a group; allowed: one of its fields, {', '.join(node.keys())}"
+  if isinstance(node, bool):
+    if negated or not eq:
+      return None
+    parse = flags.BooleanParser().parse
+  elif isinstance(node, (int, float)):
+    parse = type(node)
+  else:
+    return None  # Strings take any text; other types are ml_collections' to parse.
+  if negated or not eq:
+    return f"config.{path} needs a value; allowed: --config.{path}=<{_allowed(walked)}>"
+  try:
+    parse(value)
+  except ValueError as e:
+    return (f"config.{path}={value!r} cannot be parsed ({_last_line(str(e))}); "
+            f"allowed: {_allowed(walked)}")
   return None
 
 
-def _explain_flag_error(error: flags.Error, argv: Sequence[str]) -> str:
-  """Rewrites absl's flag errors as one line that says what is allowed."""
-  text = _last_line(str(error))
-  required = re.search(r"Flag --(\w+) must have a value other than None", str(error))
-  if required:
-    name = required.group(1)
-    return f"--{name} is required; allowed: {_ALLOWED.get(name, 'a value')}"
-  bad_value = re.match(r"^flag --config\.([\w.]+)=(.*?): (.*)$", str(error).splitlines()[0])
-  if bad_value:
-    path, value, why = bad_value.groups()
-    allowed = config_check.describe(path)
-    suffix = f"; allowed: {allowed}" if allowed else ""
-    return f"config.{path}={value!r} cannot be parsed ({_last_line(why)}){suffix}"
-  if str(error).startswith("flag --config="):  # get_config(arg) itself raised.
-    return f"--config={_config_argument(argv[1:])}: {text}"
-  return text.replace("ERROR:: ", "")
+def _allowed(walked: Sequence[str]) -> str:
+  return config_check.describe(".".join(walked)) or "a value"
 
 
 def _one_config_flag(argv: list[str]) -> list[str]:
@@ -155,19 +155,17 @@ def parse_flags(argv: list[str]) -> list[str]:
   """
   _precheck(argv)
   try:
-    return flags.FLAGS(_one_config_flag(argv))
-  except flags.Error as e:
-    _fail(_explain_flag_error(e, argv))
+    rest = flags.FLAGS(_one_config_flag(argv))
+  except flags.Error as e:  # An unknown process flag, or a value absl itself rejects.
+    _fail(_last_line(str(e)).replace("ERROR:: ", ""))
   except OSError:  # An override was applied to a config file that failed to load.
     _fail_config_load(_config_argument(argv[1:]) or "")
-  except (AttributeError, KeyError):
-    # ml_collections raises these from inside absl's parsing for an unknown field.
-    message = _unknown_override(argv)
-    if message is None:
-      raise
-    _fail(message)
-  except ValueError as e:  # ml_collections: an override path it cannot parse.
+  except ValueError as e:  # ml_collections: an override it cannot parse.
     _fail(_last_line(str(e)))
+  for name in ("config", "workdir"):
+    if flags.FLAGS[name].value is None:
+      _fail(f"--{name} is required; allowed: {_ALLOWED[name]}")
+  return rest
 
 
 # --config.<path>[=value] and --noconfig.<path>: dotted Python identifiers.
@@ -202,6 +200,10 @@ def _precheck(argv: Sequence[str]) -> None:
   if not isinstance(config, ml_collections.ConfigDict):
     _fail(f"--config={argument}: get_config returned a {type(config).__name__}; allowed: an "
           "ml_collections.ConfigDict")
+  for arg in args:
+    problem = _OVERRIDE.match(arg) and _override_problem(config, arg)
+    if problem:
+      _fail(problem)
 
 
 def _fail_config_load(argument: str) -> NoReturn:

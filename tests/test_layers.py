@@ -3,7 +3,7 @@
 Layers, bottom first (ARCHITECTURE): envs, models, rl, parallel, memory, config < programs <
 swimlanes < training < main, evaluate. Every import counts, at module level or inside a
 function. Within the bottom layer, envs import none of the others but config (the env emits
-what it knows; the model side tokenises).
+what it knows; the model side tokenises), and config (pure Python) imports none of them.
 """
 
 import ast
@@ -20,7 +20,7 @@ _BOTTOM = {
     "envs": {"config"},
     "models": set(),
     "rl": {"models"},
-    "parallel": {"models"},
+    "parallel": {"models", "config"},
     "memory": {"models", "parallel"},
     "config": set(),
 }

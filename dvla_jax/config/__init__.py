@@ -1,5 +1,6 @@
-"""The run configuration: every field's default and documentation (`default_config`) and its
-allowed values and cross-field rules (`config_check`).
+"""The run configuration: every field declared once with its default, allowed values and doc
+(`fields`), the tree of defaults (`default_config`), and the checks (`config_check`: each
+field's rule, then the named cross-field validators).
 
 The bottom layer beside envs, models, rl, parallel and memory: it imports none of the
 orchestration layers (the task and preset names it checks are looked up at call time).

@@ -2,8 +2,8 @@
 
 `main` runs `validate` right after flag parsing, before anything is imported from the
 heavy packages or compiled, so that a typo costs a second rather than a compilation.
-The rules live in one table, `_RULES`, with one entry per field of
-`dvla_jax.config.default_config`; a test keeps the two in step.
+Each field's own rule is declared with it (`dvla_jax.config.fields`); the checks that relate
+several fields are the named validators in `VALIDATORS`, run in order after those.
 
 Names that other packages own (task names, model presets) are checked against lists the
 caller passes in, so that this module imports nothing heavy; `registered_tasks` and
@@ -15,16 +15,17 @@ known only once JAX starts, and `dvla_jax.parallel.mesh` reports that through th
 a `ConfigError` too.
 """
 
-import dataclasses
 import importlib
 import importlib.util
 import math
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 
+from dvla_jax.config import fields
 from dvla_jax.config import names as names_lib
+from dvla_jax.config import placement_spec
 from dvla_jax.config.errors import ConfigError
 
 NameSource = names_lib.NameSource
@@ -33,158 +34,18 @@ registered_tasks = names_lib.registered_tasks
 model_presets = names_lib.model_presets
 
 
-@dataclasses.dataclass(frozen=True)
-class _Rule:
-  """Type and range (or choices) allowed for one config field."""
-
-  kind: type
-  gt: Optional[float] = None
-  ge: Optional[float] = None
-  le: Optional[float] = None
-  choices: Optional[tuple[Any, ...]] = None
-
-  def describe(self) -> str:
-    if self.choices is not None:
-      return ", ".join(repr(c) for c in self.choices)
-    bounds = []
-    if self.gt is not None:
-      bounds.append(f"> {self.gt:g}")
-    if self.ge is not None:
-      bounds.append(f">= {self.ge:g}")
-    if self.le is not None:
-      bounds.append(f"<= {self.le:g}")
-    return " ".join([self.kind.__name__, " and ".join(bounds)]) if bounds else self.kind.__name__
-
-  def type_ok(self, value: Any) -> bool:
-    # bool is an int subclass, and a float field may hold an int written without a dot.
-    if isinstance(value, bool):
-      return self.kind is bool
-    if self.kind is float:
-      return isinstance(value, (int, float))
-    return isinstance(value, self.kind)
-
-  def range_ok(self, value: Any) -> bool:
-    if self.choices is not None:
-      return value in self.choices
-    if isinstance(value, float) and not math.isfinite(value):
-      return False
-    return not ((self.gt is not None and not value > self.gt)
-                or (self.ge is not None and not value >= self.ge)
-                or (self.le is not None and not value <= self.le))
-
-
-def _int(**bounds) -> _Rule:
-  return _Rule(int, **bounds)
-
-
-def _float(**bounds) -> _Rule:
-  return _Rule(float, **bounds)
-
-
-def _choice(*choices: str) -> _Rule:
-  return _Rule(str, choices=choices)
-
-
-_PROBABILITY = _float(ge=0, le=1)
-
-# One rule per field of default_config.get_config(); field docs live there.
-_RULES: dict[str, _Rule] = {
-    "seed": _int(ge=0),
-    "mode": _choice("rl", "sft"),
-    "pipeline": _choice("sync", "async"),
-    "env.task": _Rule(str),
-    "env.import_tasks": _Rule(str),
-    "env.num_envs": _int(ge=1),
-    "env.episode_length": _int(ge=0),
-    "env.image_size": _int(ge=32, le=128),
-    "env.impl": _choice("warp", "jax"),
-    "env.domain_randomization": _Rule(bool),
-    "env.reward_shaping": _float(ge=0, le=1),
-    "model.preset": _Rule(str),
-    "model.action_horizon": _int(ge=0),
-    "model.action_head": _choice("bins", "gaussian"),
-    "model.temperature": _float(gt=0),
-    "model.dtype": _choice("float32", "bfloat16"),
-    "model.remat": _Rule(bool),
-    "rl.algo": _choice("ppo", "grpo"),
-    "rl.rollout_length": _int(ge=1),
-    "rl.lr": _float(gt=0),
-    "rl.value_lr": _float(ge=0),
-    "rl.gamma": _PROBABILITY,
-    "rl.gae_lambda": _PROBABILITY,
-    "rl.clip_eps": _float(gt=0, le=1),
-    "rl.clip_eps_high": _float(gt=0),
-    "rl.ratio_level": _choice("chunk", "action", "token"),
-    "rl.target_kl": _float(ge=0),
-    "rl.critic_warmup_iterations": _int(ge=0),
-    "rl.episodic_slots": _Rule(bool),
-    "rl.value_clip_eps": _float(ge=0),
-    "rl.vf_coef": _float(ge=0),
-    "rl.ent_coef": _float(ge=0),
-    "rl.update_epochs": _int(ge=1),
-    "rl.num_minibatches": _int(ge=1),
-    "rl.max_grad_norm": _float(gt=0),
-    "rl.reward_scale": _float(gt=0),
-    "rl.decoupled": _choice("auto", "on", "off"),
-    "rl.behaviour_weight_cap": _float(ge=0),
-    "rl.max_staleness": _int(ge=-1),
-    "rl.grpo_refill_slots": _int(ge=0),
-    "rl.group_size": _int(ge=2),
-    "rl.task_sampling": _choice("uniform", "learnability"),
-    "rl.task_sampling_mix": _PROBABILITY,
-    "rl.init_from": _Rule(str),
-    "rl.warmstart_steps": _int(ge=0),
-    "sft.demos": _Rule(str),
-    "sft.episodes": _int(ge=1),
-    "sft.holdout_episodes": _int(ge=1),
-    "sft.expert_noise": _float(ge=0, le=1),
-    "sft.batch_size": _int(ge=1),
-    "sft.lr": _float(gt=0),
-    "sft.label_sigma": _float(ge=0),
-    "placement.mode": _choice("colocated", "disaggregated"),
-    "placement.sim.devices": _int(ge=1),
-    "placement.sim.device_ids": _Rule(str),
-    "placement.actor.data": _int(ge=1),
-    "placement.actor.fsdp": _int(ge=1),
-    "placement.actor.tensor": _int(ge=1),
-    "placement.actor.device_ids": _Rule(str),
-    "placement.learner.data": _int(ge=1),
-    "placement.learner.fsdp": _int(ge=1),
-    "placement.learner.tensor": _int(ge=1),
-    "placement.learner.device_ids": _Rule(str),
-    "swimlanes.env_groups": _int(ge=1),
-    "swimlanes.num_slots": _int(ge=0),
-    "swimlanes.queue_size": _int(ge=1),
-    "swimlanes.poll_s": _float(gt=0, le=1),
-    "swimlanes.stall_timeout_s": _float(gt=0),
-    "swimlanes.trace": _Rule(bool),
-    "swimlanes.trace_max_spans": _int(ge=0),
-    "train.iterations": _int(ge=1),
-    "train.log_every": _int(ge=1),
-    "train.eval_every": _int(ge=1),
-    "train.eval_episodes": _int(ge=1),
-    "train.checkpoint_every": _int(ge=1),
-    "train.keep_checkpoints": _int(ge=1),
-    "train.max_bad_updates": _int(ge=1),
-    "train.wandb_project": _Rule(str),
-    "testing.fault_lane": _choice("", "sampling", "inference", "gradient", "distribution"),
-    "testing.fault_after": _int(ge=0),
-    "testing.nan_from": _int(ge=-1),
-    "testing.nan_count": _int(ge=1),
-}
-
-PLANES = ("sim", "actor", "learner")
+PLANES = placement_spec.PLANES
 
 
 def field_paths() -> tuple[str, ...]:
-  """Dotted paths of every field that has a rule, in table order."""
-  return tuple(_RULES)
+  """Dotted paths of every declared field (`fields.FIELDS`), in declaration order."""
+  return fields.paths()
 
 
 def describe(path: str) -> Optional[str]:
   """What field `path` (dotted, e.g. "rl.lr") allows, e.g. "float > 0"; None if unknown."""
-  rule = _RULES.get(path)
-  return rule.describe() if rule else None
+  field = fields.get(path)
+  return field.rule.describe() if field else None
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -202,13 +63,13 @@ def _siblings(path: str) -> list[str]:
   """Known names next to `path` (fields and groups of the same parent), for error messages."""
   parent = path.rpartition(".")[0]
   names = []
-  for known in _RULES:
+  for known in fields.paths():
     if parent and not known.startswith(parent + "."):
       continue
     name = known[len(parent) + 1 if parent else 0:].split(".")[0]
     if name not in names:
       names.append(name)
-  return names or sorted({known.split(".")[0] for known in _RULES})
+  return names or sorted({known.split(".")[0] for known in fields.paths()})
 
 
 def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = None,
@@ -228,25 +89,21 @@ def validate(config: ml_collections.ConfigDict, *, known_tasks: NameSource = Non
   """
   flat = _flatten(config)
   for path in flat:
-    if path not in _RULES:
+    if fields.get(path) is None:
       raise ConfigError(f"{path}: unknown field; allowed: {', '.join(_siblings(path))}")
-  for path, rule in _RULES.items():
-    if path not in flat:
-      raise ConfigError(f"{path}: missing field; allowed: {rule.describe()}")
-    value = flat[path]
+  for field in fields.FIELDS:
+    rule = field.rule
+    if field.path not in flat:
+      raise ConfigError(f"{field.path}: missing field; allowed: {rule.describe()}")
+    value = flat[field.path]
     if not rule.type_ok(value):
-      raise ConfigError(f"{path}={value!r} has type {type(value).__name__}; "
+      raise ConfigError(f"{field.path}={value!r} has type {type(value).__name__}; "
                         f"allowed: {rule.describe()}")
     if not rule.range_ok(value):
       what = "not a choice" if rule.choices is not None else "out of range"
-      raise ConfigError(f"{path}={value!r} {what}; allowed: {rule.describe()}")
-  if not flat["env.task"]:
-    raise ConfigError("env.task='' is empty; allowed: a registered task name, suite:<suite>, "
-                      "or suite tasks separated by commas")
-
-  _check_batches(flat)
-  _check_placement(flat)
-
+      raise ConfigError(f"{field.path}={value!r} {what}; allowed: {rule.describe()}")
+  for validator in VALIDATORS:
+    validator(flat)
   names_lib.check_task_spec("env.task", flat["env.task"], known_tasks)
   names_lib.check_name("model.preset", flat["model.preset"], known_presets)
 
@@ -256,8 +113,23 @@ def _divisors_text(n: int) -> str:
   return f"{', '.join(map(str, divisors[:12]))}{', ...' if len(divisors) > 12 else ''}"
 
 
-def _check_batches(flat: Mapping[str, Any]) -> None:
-  """Env groups, learner batches and GRPO groups must split evenly."""
+def _per_group(flat: Mapping[str, Any]) -> int:
+  return flat["env.num_envs"] // flat["swimlanes.env_groups"]
+
+
+# -- Named validators: each takes the flat config ({dotted path: value}) and raises a
+# one-line ConfigError naming the field to change. They run in `VALIDATORS` order, each
+# free to assume the ones before it passed.
+
+def validate_task(flat: Mapping[str, Any]) -> None:
+  """env.task names something."""
+  if not flat["env.task"]:
+    raise ConfigError("env.task='' is empty; allowed: a registered task name, suite:<suite>, "
+                      "or suite tasks separated by commas")
+
+
+def validate_env_groups(flat: Mapping[str, Any]) -> None:
+  """The async pipeline has two env groups or more, and the groups split the envs evenly."""
   groups = flat["swimlanes.env_groups"]
   if flat["pipeline"] == "async" and groups < 2:
     raise ConfigError(f"swimlanes.env_groups={groups} with pipeline='async'; allowed: int >= 2 "
@@ -265,25 +137,38 @@ def _check_batches(flat: Mapping[str, Any]) -> None:
   if flat["env.num_envs"] % groups:
     raise ConfigError(f"swimlanes.env_groups={groups} does not divide env.num_envs="
                       f"{flat['env.num_envs']}; allowed: {_divisors_text(flat['env.num_envs'])}")
-  per_group = flat["env.num_envs"] // groups
-  slots = flat["swimlanes.num_slots"]
-  if slots and slots < groups + (flat["pipeline"] == "async"):
+
+
+def validate_slots(flat: Mapping[str, Any]) -> None:
+  """Enough rollout slots for one filling per group (and one waiting, async)."""
+  groups, slots = flat["swimlanes.env_groups"], flat["swimlanes.num_slots"]
+  least = groups + (flat["pipeline"] == "async")
+  if slots and slots < least:
     raise ConfigError(f"swimlanes.num_slots={slots} too few for {groups} env groups; allowed: 0 "
-                      f"(automatic) or >= {groups + (flat['pipeline'] == 'async')}")
-  batch = per_group * flat["rl.rollout_length"]
+                      f"(automatic) or >= {least}")
+
+
+def validate_minibatches(flat: Mapping[str, Any]) -> None:
+  """rl.num_minibatches divides a slot's samples."""
+  batch = _per_group(flat) * flat["rl.rollout_length"]
   if batch % flat["rl.num_minibatches"]:
-    what = ("env.num_envs * rl.rollout_length" if groups == 1 else
+    what = ("env.num_envs * rl.rollout_length" if flat["swimlanes.env_groups"] == 1 else
             "env.num_envs / swimlanes.env_groups * rl.rollout_length")
     raise ConfigError(f"rl.num_minibatches={flat['rl.num_minibatches']} does not divide "
                       f"{what} = {batch}; allowed: {_divisors_text(batch)}")
-  if flat["rl.algo"] == "grpo":
-    size = flat["rl.group_size"]
-    if per_group % size:
-      raise ConfigError(f"rl.group_size={size} does not divide the envs per env group "
-                        f"({per_group}); allowed: {_divisors_text(per_group)}")
+
+
+def validate_grpo_groups(flat: Mapping[str, Any]) -> None:
+  """GRPO groups tile each env group."""
+  if flat["rl.algo"] == "grpo" and _per_group(flat) % flat["rl.group_size"]:
+    raise ConfigError(f"rl.group_size={flat['rl.group_size']} does not divide the envs per env "
+                      f"group ({_per_group(flat)}); allowed: {_divisors_text(_per_group(flat))}")
+
+
+def validate_episodic_rollout(flat: Mapping[str, Any]) -> None:
+  """With episodic slots (GRPO, rl.episodic_slots) a slot holds a whole episode. (With
+  env.episode_length=0 the task's default is known only to the env; the builder checks it.)"""
   if flat["rl.algo"] == "grpo" or flat["rl.episodic_slots"]:
-    # (With env.episode_length=0 the task's default is known only to the env; the builder
-    # checks it there.)
     why = "rl.algo='grpo'" if flat["rl.algo"] == "grpo" else "rl.episodic_slots=True"
     if flat["rl.rollout_length"] < flat["env.episode_length"]:
       raise ConfigError(f"rl.rollout_length={flat['rl.rollout_length']} shorter than "
@@ -291,44 +176,31 @@ def _check_batches(flat: Mapping[str, Any]) -> None:
                         "allowed: >= env.episode_length (every env finishes an episode)")
 
 
-def parse_device_ids(path: str, text: str) -> Optional[list[int]]:
-  """Device ids of a `placement.<plane>.device_ids` string; None when it is "" (automatic).
-
-  Raises:
-    ConfigError: the text is not distinct non-negative integers separated by commas.
-  """
-  if not text.strip():
-    return None
-  try:
-    ids = [int(part) for part in text.split(",")]
-  except ValueError:
-    ids = [-1]
-  if min(ids) < 0 or len(set(ids)) != len(ids):
-    raise ConfigError(f"{path}={text!r} is not a list of device ids; allowed: distinct "
-                      "non-negative integers separated by commas, or '' (automatic)")
-  return ids
+def _placement(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """The placement block, nested as `placement_spec` reads it."""
+  block: dict[str, dict[str, Any]] = {plane: {} for plane in PLANES}
+  for path, value in flat.items():
+    parts = path.split(".")
+    if parts[0] == "placement" and len(parts) == 3:
+      block[parts[1]][parts[2]] = value
+  return block
 
 
-def plane_shape(flat: Mapping[str, Any], plane: str) -> tuple[int, ...]:
-  """Mesh shape of a plane: (devices,) for sim, (data, fsdp, tensor) for actor and learner."""
-  prefix = f"placement.{plane}."
-  if plane == "sim":
-    return (flat[prefix + "devices"],)
-  return tuple(flat[prefix + axis] for axis in ("data", "fsdp", "tensor"))
-
-
-def _check_placement(flat: Mapping[str, Any]) -> None:
-  """Static placement checks; device counts are checked once JAX knows the devices."""
+def validate_device_ids(flat: Mapping[str, Any]) -> None:
+  """Explicit device ids parse, one per device of the plane's mesh, and do not overlap when
+  the planes are disaggregated. (Whether the devices exist is known once JAX starts:
+  `dvla_jax.parallel.mesh`.)"""
+  placement = _placement(flat)
   explicit = {}
   for plane in PLANES:
-    path = f"placement.{plane}.device_ids"
-    ids = parse_device_ids(path, flat[path])
-    size = math.prod(plane_shape(flat, plane))
+    ids = placement_spec.device_ids(placement, plane)
+    shape = placement_spec.plane_shape(placement, plane)
     if ids is not None:
-      if len(ids) != size:
+      if len(ids) != math.prod(shape):
+        path = f"placement.{plane}.device_ids"
         raise ConfigError(f"{path}={flat[path]!r} has {len(ids)} devices but the {plane} mesh "
-                          f"{'x'.join(map(str, plane_shape(flat, plane)))} needs {size}; "
-                          f"allowed: {size} ids")
+                          f"{'x'.join(map(str, shape))} needs {math.prod(shape)}; "
+                          f"allowed: {math.prod(shape)} ids")
       explicit[plane] = ids
   if flat["placement.mode"] == "disaggregated":
     for i, a in enumerate(PLANES):
@@ -339,23 +211,40 @@ def _check_placement(flat: Mapping[str, Any]) -> None:
               f"placement.{b}.device_ids shares devices {','.join(map(str, common))} with "
               f"placement.{a}.device_ids in placement.mode='disaggregated'; allowed: disjoint "
               "device sets (or placement.mode='colocated')")
-  groups = flat["swimlanes.env_groups"]
-  sim = flat["placement.sim.devices"]
+
+
+def validate_sim_devices(flat: Mapping[str, Any]) -> None:
+  """The env groups spread evenly over the sim devices."""
+  groups, sim = flat["swimlanes.env_groups"], flat["placement.sim.devices"]
   if groups % sim:
     raise ConfigError(f"placement.sim.devices={sim} does not divide swimlanes.env_groups="
                       f"{groups}; allowed: {_divisors_text(groups)}")
-  per_group = flat["env.num_envs"] // groups
+
+
+def validate_actor_batch(flat: Mapping[str, Any]) -> None:
+  """The actor mesh's batch axes split an env group."""
+  per_group = _per_group(flat)
   actor_batch = flat["placement.actor.data"] * flat["placement.actor.fsdp"]
   if per_group % actor_batch:
     raise ConfigError(
         f"placement.actor.data * placement.actor.fsdp = {actor_batch} does not divide the envs "
         f"per env group ({per_group}); allowed: a product in {_divisors_text(per_group)}")
-  minibatch = per_group * flat["rl.rollout_length"] // flat["rl.num_minibatches"]
+
+
+def validate_learner_batch(flat: Mapping[str, Any]) -> None:
+  """The learner mesh's batch axes split a minibatch."""
+  minibatch = _per_group(flat) * flat["rl.rollout_length"] // flat["rl.num_minibatches"]
   learner_batch = flat["placement.learner.data"] * flat["placement.learner.fsdp"]
   if minibatch % learner_batch:
     raise ConfigError(
         f"placement.learner.data * placement.learner.fsdp = {learner_batch} does not divide "
         f"the minibatch ({minibatch} samples); allowed: a product in {_divisors_text(minibatch)}")
+
+
+VALIDATORS: tuple[Callable[[Mapping[str, Any]], None], ...] = (
+    validate_task, validate_env_groups, validate_slots, validate_minibatches,
+    validate_grpo_groups, validate_episodic_rollout, validate_device_ids, validate_sim_devices,
+    validate_actor_batch, validate_learner_batch)
 
 
 def load_config_file(argument: str) -> ml_collections.ConfigDict:

@@ -22,18 +22,21 @@ The config validator checks what it can without JAX; what needs the device list 
 asking for devices that do not exist) raises `PlacementError` here, one line naming the field.
 """
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import jax
-import numpy as np
 from jax.sharding import Mesh
+import numpy as np
 
-PLANES = ("sim", "actor", "learner")
+from dvla_jax.config import placement_spec
+from dvla_jax.config.errors import ConfigError
+
+PLANES = placement_spec.PLANES
 SIM_AXES = ("data",)
-MODEL_AXES = ("data", "fsdp", "tensor")
+MODEL_AXES = placement_spec.MODEL_AXES
 
 
 class PlacementError(ValueError):
@@ -68,23 +71,14 @@ class PlaneMeshes:
     return {p: [d.id for d in self.plane(p).devices.flat] for p in PLANES}
 
 
-def plane_shape(placement: Mapping[str, Any], plane: str) -> tuple[int, ...]:
-  """Mesh shape of `plane`: (devices,) for sim, (data, fsdp, tensor) otherwise."""
-  cfg = placement[plane]
-  if plane == "sim":
-    return (int(cfg["devices"]),)
-  return tuple(int(cfg[axis]) for axis in MODEL_AXES)
+plane_shape = placement_spec.plane_shape
 
 
 def _explicit_ids(placement: Mapping[str, Any], plane: str) -> Optional[list[int]]:
-  text = str(placement[plane]["device_ids"]).strip()
-  if not text:
-    return None
   try:
-    return [int(part) for part in text.split(",")]
-  except ValueError as e:
-    raise PlacementError(f"placement.{plane}.device_ids={text!r} is not a list of device ids; "
-                         "allowed: integers separated by commas") from e
+    return placement_spec.device_ids(placement, plane)
+  except ConfigError as e:
+    raise PlacementError(str(e)) from None
 
 
 def resolve_device_ids(placement: Mapping[str, Any], num_devices: int) -> dict[str, list[int]]:

@@ -8,9 +8,11 @@ import pytest
 
 from dvla_jax.config import config_check
 from dvla_jax.config import default_config
+from dvla_jax.config import fields
 from dvla_jax.config import names
 
-_DEMO = pathlib.Path(__file__).parents[2] / "configs" / "demo.py"
+_ROOT = pathlib.Path(__file__).parents[2]
+_DEMO = _ROOT / "configs" / "demo.py"
 
 
 def _demo_config(arg: str) -> ml_collections.ConfigDict:
@@ -30,8 +32,25 @@ def _flat_keys(config, prefix=""):
   return keys
 
 
-def test_every_default_field_has_a_rule():
-  assert sorted(_flat_keys(default_config.get_config())) == sorted(config_check.field_paths())
+def test_every_field_is_declared_once_with_its_doc():
+  assert sorted(_flat_keys(default_config.get_config())) == sorted(fields.paths())
+  assert len(set(fields.paths())) == len(fields.FIELDS)
+  for field in fields.FIELDS:
+    assert len(field.doc) > 10, field.path
+    assert f"{field.path} = {field.default!r}" in default_config.__doc__, field.path
+  with pytest.raises(ValueError, match="default -1 breaks its own rule"):
+    fields.Field("x", -1, fields.integer(ge=0), "a field")
+
+
+def test_config_reference_is_current():
+  """docs/config.md is what the declarations generate (regenerate with
+  `python -m dvla_jax.config --markdown > docs/config.md`)."""
+  assert (_ROOT / "docs" / "config.md").read_text() == fields.markdown()
+
+
+def test_cross_field_checks_are_named_validators():
+  for validator in config_check.VALIDATORS:
+    assert validator.__name__.startswith("validate_") and validator.__doc__
 
 
 @pytest.mark.parametrize("config", [
