@@ -166,14 +166,18 @@ def make_config(suite: str, algo: str, pipeline: str, demos_per_task: int, quick
 class _Recorder:
   """The trainer's progress_fn: keeps every row and prints a line per log and evaluation."""
 
-  def __init__(self, seed: int, total: int):
+  def __init__(self, seed: int, total: int, log_path: Optional[str] = None):
     self.seed, self.total, self.rows = seed, total, []
     self.t0 = time.perf_counter()
+    self.log_path = log_path
 
   def __call__(self, step: int, metrics: dict) -> None:
     row = {k: float(v) for k, v in metrics.items()
            if np.ndim(v) == 0 and np.issubdtype(np.asarray(v).dtype, np.number)}
     self.rows.append((step, row))
+    if self.log_path:  # Every row, for a look at the learner afterwards.
+      with open(self.log_path, "a") as f:
+        f.write(json.dumps({"step": step, **row}) + "\n")
     elapsed = time.perf_counter() - self.t0
     if "eval/success_rate" in row:
       print(f"[seed {self.seed} {elapsed:6.0f}s] iteration {step}/{self.total} eval: "
@@ -185,7 +189,8 @@ class _Recorder:
             f"loss {row['warmstart/loss']:.3f}", flush=True)
     elif "rollout/success_rate" in row:
       print(f"[seed {self.seed} {elapsed:6.0f}s] iteration {step}/{self.total}: rollout "
-            f"success {row['rollout/success_rate']:.3f}, "
+            f"success {row['rollout/success_rate']:.3f}, approx-KL "
+            f"{row.get('learner/approx_kl', float('nan')):.4f}, "
             f"{row.get('sim/env_steps_per_s', 0):.0f} env steps/s", flush=True)
 
   def evaluations(self) -> list[tuple[int, dict]]:
@@ -212,7 +217,8 @@ def run_seed(config, seed: int, workdir: str, comp) -> dict[str, Any]:
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise SystemExit(f"{workdir} holds a run already; remove it or choose another --workdir")
   names = envs.resolve_tasks(config.env.task)
-  recorder = _Recorder(seed, config.train.iterations)
+  os.makedirs(workdir, exist_ok=True)
+  recorder = _Recorder(seed, config.train.iterations, os.path.join(workdir, "rows.jsonl"))
   t0 = time.perf_counter()
   trainer.train(config, workdir, progress_fn=recorder, components=comp)
   seconds = time.perf_counter() - t0

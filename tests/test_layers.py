@@ -139,3 +139,23 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
                               "dvla_jax.envs"}
   assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
   assert collections.Counter(_RANK.values())[0] == 6
+
+
+def test_lanes_use_the_narrow_interface():
+  """The lanes import no builder: they run on `interface.LanePrograms`, which the components
+  bundle provides member for member."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from dvla_jax.programs import builders  # pylint: disable=g-import-not-at-top
+  from dvla_jax.swimlanes import interface  # pylint: disable=g-import-not-at-top
+
+  graph = _graph()
+  for module, imports in graph.items():
+    if module.startswith("dvla_jax.swimlanes"):
+      assert "dvla_jax.programs.builders" not in imports, module
+  provided = {f.name for f in dataclasses.fields(builders.Components)} | set(
+      vars(builders.Components))
+  for name in list(interface.LanePrograms.__annotations__) + ["empty_slot"]:
+    assert name in provided, name
+  group = {f.name for f in dataclasses.fields(builders.EnvGroup)} | set(vars(builders.EnvGroup))
+  for name in ("reset", "env_step", "start_rollout"):
+    assert name in group, name

@@ -5,10 +5,10 @@ from dvla_jax.swimlanes.channels import Channel
 from dvla_jax.swimlanes.channels import Mailbox
 from dvla_jax.swimlanes.channels import StallError
 from dvla_jax.swimlanes.channels import Stopped
-from dvla_jax.swimlanes.lanes import LANES
 from dvla_jax.swimlanes.lanes import FaultPlan
 from dvla_jax.swimlanes.lanes import InjectedFault
 from dvla_jax.swimlanes.lanes import LaneError
+from dvla_jax.swimlanes.lanes import LANES
 from dvla_jax.swimlanes.lanes import Supervisor
 from dvla_jax.swimlanes.pipeline import AsyncPipeline
 from dvla_jax.swimlanes.stages import Poison

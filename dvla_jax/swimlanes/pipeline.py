@@ -43,13 +43,13 @@ import jax
 from dvla_jax import memory
 from dvla_jax.parallel import Placement
 from dvla_jax.programs import steps
-from dvla_jax.programs.builders import Components
 from dvla_jax.swimlanes import stages as stages_lib
 from dvla_jax.swimlanes.channels import Channel
 from dvla_jax.swimlanes.channels import Mailbox
 from dvla_jax.swimlanes.channels import StallError
 from dvla_jax.swimlanes.channels import Stopped
 from dvla_jax.swimlanes.channels import wait_for
+from dvla_jax.swimlanes.interface import LanePrograms
 from dvla_jax.swimlanes.lanes import FaultPlan
 from dvla_jax.swimlanes.lanes import Supervisor
 from dvla_jax.swimlanes.sync import UpdateFn
@@ -64,7 +64,7 @@ class AsyncPipeline:
     memory_report: `memory.report` of the pools at start-up.
   """
 
-  def __init__(self, comp: Components, placement: Placement, tracer: Tracer, rng: jax.Array,
+  def __init__(self, comp: LanePrograms, placement: Placement, tracer: Tracer, rng: jax.Array,
                faults: FaultPlan = FaultPlan(), poison: stages_lib.Poison = stages_lib.Poison(),
                join_timeout_s: Optional[float] = None):
     """Args:

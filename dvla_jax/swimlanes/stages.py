@@ -1,8 +1,8 @@
 """The unit of work of each lane, shared by the synchronous and the asynchronous pipeline.
 
-Both pipelines call exactly these functions, and through them the same compiled programs of
-`Components`; they differ only in whether one thread runs the stages one after another or
-four threads run them at the same time.
+Both pipelines call exactly these functions, and through them the same compiled programs
+(`interface.LanePrograms`, which the components bundle provides); they differ only in whether
+one thread runs the stages one after another or four threads run them at the same time.
 
   sampling      `Sampler.reset` / `Sampler.step`: env groups on their sim devices
   inference     `Stages.act` and `Stages.record`: policy forward, rollout slot writes
@@ -32,8 +32,8 @@ from dvla_jax.config import rng_streams
 from dvla_jax.parallel import Placement
 from dvla_jax.programs import rollout_metrics as rollout_metrics_lib
 from dvla_jax.programs import steps
-from dvla_jax.programs.builders import Components
 from dvla_jax.rl import curriculum as curriculum_lib
+from dvla_jax.swimlanes.interface import LanePrograms
 
 _any = jax.jit(jnp.max)
 
@@ -84,7 +84,7 @@ class GrpoRefill:
     return bool(jax.device_get(jnp.min(self.group_valid)) > 0)
 
 
-def task_curriculum(comp: Components) -> curriculum_lib.TaskCurriculum:
+def task_curriculum(comp: LanePrograms) -> curriculum_lib.TaskCurriculum:
   """The run's `rl.task_sampling` over its tasks (shared by its Sampler and Stages)."""
   rl_config = comp.config.rl
   return curriculum_lib.TaskCurriculum(envs.resolve_tasks(comp.config.env.task),
@@ -98,7 +98,7 @@ class Sampler:
   by its shares (blocks of `rl.group_size` worlds under GRPO); otherwise the tasks take turns.
   """
 
-  def __init__(self, comp: Components, placement: Placement, rng: jax.Array,
+  def __init__(self, comp: LanePrograms, placement: Placement, rng: jax.Array,
                curriculum: Optional[curriculum_lib.TaskCurriculum] = None):
     self.comp = comp
     self.placement = placement
@@ -158,7 +158,7 @@ class Sampler:
 class Stages:
   """Inference, gradient and distribution work on the plane meshes."""
 
-  def __init__(self, comp: Components, placement: Placement, rng: jax.Array,
+  def __init__(self, comp: LanePrograms, placement: Placement, rng: jax.Array,
                poison: Optional[Poison] = None,
                curriculum: Optional[curriculum_lib.TaskCurriculum] = None):
     self.comp = comp

@@ -14,8 +14,8 @@ import jax
 
 from dvla_jax.parallel import Placement
 from dvla_jax.programs import steps
-from dvla_jax.programs.builders import Components
 from dvla_jax.swimlanes import stages as stages_lib
+from dvla_jax.swimlanes.interface import LanePrograms
 from dvla_jax.swimlanes.lanes import FaultPlan
 from dvla_jax.swimlanes.tracing import Tracer
 
@@ -25,7 +25,7 @@ UpdateFn = Callable[[int, steps.TrainState, dict], None]
 class SyncPipeline:
   """Runs the stages in sequence; `run` returns the train state when done or stopped."""
 
-  def __init__(self, comp: Components, placement: Placement, tracer: Tracer, rng: jax.Array,
+  def __init__(self, comp: LanePrograms, placement: Placement, tracer: Tracer, rng: jax.Array,
                faults: FaultPlan = FaultPlan(), poison: stages_lib.Poison = stages_lib.Poison()):
     """Args:
       comp: the run's components.
