@@ -1,12 +1,13 @@
-"""The episode loop and the episode reducer every evaluation shares.
+"""The episode loop and the episode reducer: every evaluation, expert run and recording.
 
 `play` runs a batch of worlds from their reset state until each has finished its first
 episode, or `limit` policy steps have passed; `step_fn` is the caller's policy and env step
-together, so the same loop serves the trained policy (sampled or argmax), a restored
-checkpoint and the scripted expert. `Totals` (reduced by `accumulate`) holds what an episode
-scores: it ends at its first `done` (success, or a termination the env reports, or the time
-limit of an auto-resetting env), and nothing after that counts, so auto-resets and steps of a
-finished world are ignored alike.
+together, so the same loop serves the trained policy (sampled or argmax: evaluation, the
+evaluate CLI, videos), a restored checkpoint and the scripted expert (its success rates,
+demonstration files and the warm start's recorded rows). `Totals` (reduced by `accumulate`)
+holds what an episode scores: it ends at its first `done` (success, or a termination the env
+reports, or the time limit of an auto-resetting env), and nothing after that counts, so
+auto-resets and steps of a finished world are ignored alike.
 """
 
 from typing import Any, Callable, Optional
@@ -51,7 +52,7 @@ def accumulate(totals: Totals, step_success: jax.Array, reward: jax.Array,
 
 def play(state: Any, step_fn: Callable[[Any, int], Any], limit: int,
          on_step: Optional[Callable[[int, Any, Any], None]] = None,
-         check_every: int = 4) -> tuple[Any, Totals]:
+         check_every: int = 4, until_done: bool = True) -> tuple[Any, Totals]:
   """Steps every world until all have finished their first episode, at most `limit` steps.
 
   Args:
@@ -61,6 +62,8 @@ def play(state: Any, step_fn: Callable[[Any, int], Any], limit: int,
     on_step: called with `(t, state, next state)` after each step (e.g. to record frames).
     check_every: steps between checks that every world has finished (a check waits for the
       device).
+    until_done: stop once every world's first episode is over; False plays all `limit` steps
+      (recording whole rows of an auto-resetting env, or fixed-length arrays).
 
   Returns:
     (the last state, the first episode's `Totals`).
@@ -72,6 +75,7 @@ def play(state: Any, step_fn: Callable[[Any, int], Any], limit: int,
     if on_step is not None:
       on_step(t, state, nxt)
     state = nxt
-    if (t + 1) % check_every == 0 and not bool(np.any(np.asarray(totals.active) > 0)):
+    if (until_done and (t + 1) % check_every == 0
+        and not bool(np.any(np.asarray(totals.active) > 0))):
       break
   return state, totals

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvla_jax.envs import episodes
 from dvla_jax.envs import mjx_env
 from dvla_jax.envs import registry
 from dvla_jax.envs import suite
@@ -19,6 +20,8 @@ from dvla_jax.envs import tasks
 
 def rollout(env, reset_fn, rng: jax.Array, max_steps: int | None = None):
   """Runs the expert on every world until each succeeds once (its state then freezes).
+
+  The loop and the episode rule are `episodes.play`'s: an episode ends at its first done.
 
   Args:
     env: a single-world env with `expert_action`.
@@ -31,17 +34,17 @@ def rollout(env, reset_fn, rng: jax.Array, max_steps: int | None = None):
   """
   step = _jitted_expert_step(env)
   state = reset_fn(rng)
-  batch = state.reward.shape[0]
-  done = np.zeros(batch, bool)
-  steps = np.full(batch, -1)
-  for t in range(max_steps or env.config.episode_length):
-    state, now = step(state, jnp.asarray(done))
-    now = np.asarray(now) & ~done
-    steps[now] = t + 1
-    done |= now
-    if done.all():
-      break
-  return state, done, steps
+  frozen = [jnp.zeros(state.reward.shape, bool)]
+
+  def expert_step(state, t):
+    del t
+    nxt, now = step(state, frozen[0])
+    frozen[0] = frozen[0] | now
+    return nxt
+
+  state, totals = episodes.play(state, expert_step, max_steps or env.config.episode_length)
+  success = np.asarray(totals.success) > 0
+  return state, success, np.where(success, np.asarray(totals.length).astype(int), -1)
 
 
 def _jitted_expert_step(env):

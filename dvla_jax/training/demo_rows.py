@@ -19,6 +19,7 @@ from dvla_jax import envs
 from dvla_jax import models
 from dvla_jax.config import config_check
 from dvla_jax.config import rng_streams
+from dvla_jax.envs import episodes
 from dvla_jax.programs import builders
 from dvla_jax.training import console
 from dvla_jax.training import demos as demos_lib
@@ -86,11 +87,16 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
     task = recorded % num_tasks
     state = comp.reset(reset_rng, jnp.asarray(task, jnp.int32), shared=False)
     steps = []
-    for t in range(env.config.episode_length):
+
+    def expert_step(state, t, noise_rng=noise_rng, steps=steps):
       tokens, executed = expert(state, jax.random.fold_in(noise_rng, t))
+      nxt = comp.env_step(state, executed)
       obs = {k: state.obs[k] for k in ("image", "text", "proprio")}
-      state = comp.env_step(state, executed)
-      steps.append(jax.device_get((obs, tokens, state.done, state.metrics["success"])))
+      steps.append(jax.device_get((obs, tokens, nxt.done, nxt.metrics["success"])))
+      return nxt
+
+    # A row is the whole episode limit of an auto-resetting env: every step is played.
+    episodes.play(state, expert_step, env.config.episode_length, until_done=False)
     obs, tokens, done, success = jax.tree.map(lambda *x: np.stack(x, axis=1), *steps)
     parts.append(dict(obs, action_tokens=tokens,
                       row=np.broadcast_to((recorded // num_tasks)[:, None], done.shape),

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvla_jax.envs import episodes
 from dvla_jax.envs import mjx_env
 from dvla_jax.envs import registry
 from dvla_jax.models import action_tokens
@@ -55,42 +56,54 @@ _EPISODE_FIELDS = ("text", "instruction", "length", "success")
 FIELDS = _STEP_FIELDS + _EPISODE_FIELDS
 
 
-def _rollout_fn(env: mjx_env.TabletopEnv, tok: action_tokens.ActionTokenizer):
-  """A jitted `(keys [B]) -> per-step records [B, T, ...]` for one batch of expert episodes."""
-  venv = observations.InstructionTokens(brax_wrappers.VmapWrapper(env),
-                                       tokenizer.text_len(env.instruction_table()))
+def _expert_step_fn(venv, env: mjx_env.TabletopEnv, tok: action_tokens.ActionTokenizer):
+  """A jitted `(batched state) -> (next state, record of the step)` of the scripted expert
+  acting in `venv` (the batched `env`)."""
   expert = jax.vmap(env.expert_action)
   h, d = env.config.action_horizon, env.action_dim
 
-  def step(state, _):
+  @jax.jit
+  def step(state):
     action = jnp.clip(expert(state), -1.0, 1.0)
     nxt = venv.step(state, action)
     tokens = tok.encode(jnp.reshape(action, action.shape[:-1] + (h, d)))
     record = {"image": state.obs["image"], "proprio": state.obs["proprio"],
               "actions": action, "action_tokens": jnp.reshape(tokens, action.shape),
-              "rewards": nxt.reward, "dones": nxt.done > 0,
-              "step_success": nxt.metrics["success"] > 0}
+              "rewards": nxt.reward, "dones": nxt.done > 0}
     return nxt, record
 
-  @jax.jit
-  def rollout(keys):
-    state = venv.reset(keys)
-    _, records = jax.lax.scan(step, state, None, length=env.config.episode_length)
-    records = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)  # [B, T, ...]
-    return state.obs["text"], records
-
-  return rollout
+  return step
 
 
-def _episode_arrays(text: np.ndarray, records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  dones = records.pop("dones")
-  step_success = records.pop("step_success")
-  # Step t is valid when no earlier step ended the episode.
-  ended_before = np.cumsum(dones, axis=1) - dones > 0
-  valid = ~ended_before
-  out = dict(records, dones=dones, valid=valid)
-  out["length"] = valid.sum(axis=1).astype(np.int32)
-  out["success"] = np.any(step_success & valid, axis=1)
+def _record_batch(reset, step, keys: jax.Array, limit: int):
+  """One batch of expert episodes through `episodes.play`, every one of `limit` steps
+  recorded (steps after an episode's end are kept but not `valid`).
+
+  Returns:
+    (text tokens [B, L], per-step records [B, T, ...], the episodes' `Totals`).
+  """
+  state = reset(keys)
+  records = []
+
+  def expert_step(state, t):
+    del t
+    nxt, record = step(state)
+    records.append(record)
+    return nxt
+
+  _, totals = episodes.play(state, expert_step, limit, until_done=False)
+  stacked = jax.tree.map(lambda *x: np.stack(x, axis=1), *jax.device_get(records))
+  return np.asarray(state.obs["text"]), stacked, jax.device_get(totals)
+
+
+def _episode_arrays(text: np.ndarray, records: dict[str, np.ndarray],
+                    totals: episodes.Totals) -> dict[str, np.ndarray]:
+  """A shard's fields; an episode's length and success are `episodes.play`'s."""
+  length = np.asarray(totals.length).astype(np.int32)
+  out = dict(records)
+  out["valid"] = np.arange(records["dones"].shape[1])[None, :] < length[:, None]
+  out["length"] = length
+  out["success"] = np.asarray(totals.success) > 0
   out["text"] = text.astype(np.int32)
   out["instruction"] = np.array([tokenizer.decode(t) for t in text])
   out["rewards"] = out["rewards"].astype(np.float32)
@@ -126,13 +139,15 @@ def write_demos(path: str, task: str, num_episodes: int, num_worlds: int = 16, s
   env = registry.make(task, config)
   config = env.config  # Task defaults filled in.
   low, high = [-1.0] * env.action_dim, [1.0] * env.action_dim
-  rollout = _rollout_fn(env, action_tokens.ActionTokenizer(low, high, NUM_BINS))
+  venv = observations.InstructionTokens(brax_wrappers.VmapWrapper(env),
+                                       tokenizer.text_len(env.instruction_table()))
+  reset = jax.jit(venv.reset)
+  step = _expert_step_fn(venv, env, action_tokens.ActionTokenizer(low, high, NUM_BINS))
   os.makedirs(path, exist_ok=True)
   shards, fields, successes = [], {}, []
   for i in range(math.ceil(num_episodes / num_worlds)):
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), i), num_worlds)
-    text, records = jax.device_get(rollout(keys))
-    arrays = _episode_arrays(np.asarray(text), {k: np.asarray(v) for k, v in records.items()})
+    arrays = _episode_arrays(*_record_batch(reset, step, keys, config.episode_length))
     keep = min(num_worlds, num_episodes - i * num_worlds)
     arrays = {k: v[:keep] for k, v in arrays.items()}
     name = f"shard_{i:05d}.npz"
