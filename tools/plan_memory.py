@@ -14,7 +14,8 @@ share (`dvla_jax.training.run_plan`); it prints the fullest device's terms and a
 Parameters, optimizer state (Adam, float32 moments), gradients, activations (an analytic
 per-layer count), FSDP gather buffers and the batch are computed from shapes and the logical
 sharding rules, without allocating anything, for any mesh size. When the mesh fits on the
-devices present (up to 8 fake CPU devices here) the learner step is also compiled ahead of
+devices present (up to 8 fake CPU devices here) the learner step (the run's own update,
+`dvla_jax.programs.aot.compile_update`, on one minibatch) is also compiled ahead of
 time and `compiled.memory_analysis()` is printed next to the plan: its argument bytes
 correspond to the plan's parameters + optimizer state + batch, and its temporaries to the
 gradients + activations + gather buffers (XLA adds fusion buffers the plan does not count).
@@ -101,8 +102,9 @@ def _overrides(args) -> dict:
 
 def _compile_report(config, plan, mesh_shape) -> dict:
   """Compiles the learner step on real devices and sets its figures beside the plan's."""
-  compiled = memory_plan.compile_learner_step(
-      config, memory_plan.make_mesh(mesh_shape), plan.batch)
+  from dvla_jax.programs import aot  # pylint: disable=g-import-not-at-top
+
+  compiled = aot.compile_update(config, memory_plan.make_mesh(mesh_shape), plan.batch)
   stats = memory_plan.compiled_memory(compiled)
   if stats is None:
     return {"note": "memory_analysis() is unavailable on this backend"}

@@ -21,20 +21,20 @@ h/t heads and m/t MLP units per device (t: the tensor split) and p bytes per com
   b*s*(m/t)*p * 2        MLP hidden before and after the GELU
 With remat a trunk block keeps only its input, and one block is recomputed at a time. The
 count is an estimate of what XLA keeps; it leaves out fusion temporaries and the backward
-pass's transient buffers, which `compile_learner_step` measures on meshes that exist here.
+pass's transient buffers, which `programs.aot.compile_update` measures on meshes that exist here.
 """
 
+from collections.abc import Mapping
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any, Optional
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh
+from jax.sharding import Mesh
 import numpy as np
-import optax
 
 from dvla_jax import models
 from dvla_jax.parallel import sharding as sharding_lib
@@ -295,57 +295,6 @@ def make_mesh(shape: Mapping[str, int], devices=None) -> Mesh:
     raise ValueError(f"mesh needs {n} devices, {len(devices)} exist")
   grid = np.array(devices[:n], dtype=object).reshape(tuple(shape[a] for a in MESH_AXES))
   return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
-
-
-def compile_learner_step(config: models.VLAConfig, mesh: Mesh, batch: int,
-                         rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES):
-  """Lowers and compiles one learner step for abstract sharded inputs (nothing allocated).
-
-  The step is what every learner update does per minibatch: forward, token cross-entropy
-  plus a value loss, gradients, a clipped Adam update, with params and optimizer state
-  donated.
-
-  Args:
-    config: the model config.
-    mesh: a real mesh (its devices must exist).
-    batch: global batch size.
-    rules: logical name -> mesh axes.
-
-  Returns:
-    The `jax.stages.Compiled` step.
-  """
-  graphdef, state = _abstract_params(config)
-  param_sh = sharding_lib.logical_to_mesh_sharding(state, mesh, rules)
-  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        state, param_sh)
-  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-4))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  abstract_opt = jax.eval_shape(optimizer.init, params)
-  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: replicated)
-  opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                     abstract_opt, opt_sh)
-
-  def batched(shape, dtype):
-    spec = sharding_lib.logical_to_pspec(("batch",), mesh, rules, (batch,))
-    return jax.ShapeDtypeStruct((batch,) + shape, dtype, sharding=NamedSharding(mesh, spec))
-
-  obs = {k: batched(v.shape[1:], v.dtype) for k, v in config.fake_obs(1).items()}
-  tokens = batched((config.action_horizon, config.action_dim), jnp.int32)
-  returns = batched((), jnp.float32)
-
-  def step(params, opt_state, obs, tokens, returns):
-    def loss_fn(p):
-      logits, value = nnx.merge(graphdef, p)(obs)
-      ce = -jnp.mean(models.token_log_probs(logits, tokens))
-      return ce + jnp.mean(jnp.square(value - returns))
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=(param_sh, opt_sh, replicated))
-  return jitted.lower(params, opt, obs, tokens, returns).compile()
 
 
 def compiled_memory(compiled) -> Optional[dict[str, int]]:
