@@ -148,11 +148,11 @@ def _cpu_counters() -> Optional[tuple[float, float]]:
   return (user + nice + system + irq + softirq) / hz, steal / hz
 
 
-def _run_pipeline(kind, comp, placement, state, start, iterations, warmup, rng, cores):
+def _run_pipeline(kind, components, placement, state, start, iterations, warmup, rng, cores):
   """Runs `iterations` updates with pipeline class `kind`; returns timing and the new state."""
   from dvla_jax.swimlanes import tracing  # pylint: disable=g-import-not-at-top
   tracer = tracing.Tracer(True, 10**6)
-  pipe = kind(comp, placement, tracer, rng)
+  pipe = kind(components, placement, tracer, rng)
   marks, cpu, machine = {}, {}, {}
 
   def on_update(iteration, _state, _metrics):
@@ -163,7 +163,7 @@ def _run_pipeline(kind, comp, placement, state, start, iterations, warmup, rng, 
   total = start + warmup + iterations
   state, done = pipe.run(state, start, total, on_update, threading.Event())
   t_from, t_to = marks[start + warmup], marks[total]
-  steps = iterations * comp.config.rl.rollout_length * comp.envs_per_group
+  steps = iterations * components.config.rl.rollout_length * components.envs_per_group
   lanes = _lane_seconds(tracer, t_from, t_to)
   own = cpu[total] - cpu[start + warmup]
   first, last = machine[start + warmup], machine[total]
@@ -212,10 +212,10 @@ def throughput(args) -> dict:
   iterations = args.iterations or (4 if args.quick else 8)
   t0 = time.perf_counter()
   placement = builders.make_placement(config)
-  comp = builders.build(config)
+  components = builders.build(config)
   rng = jax.random.key(config.seed)
-  abstract = jax.eval_shape(comp.init_train_state, rng)
-  state = jax.jit(comp.init_train_state,
+  abstract = jax.eval_shape(components.init_train_state, rng)
+  state = jax.jit(components.init_train_state,
                   out_shardings=placement.state_shardings(abstract, "learner"))(rng)
   print(f"devices {jax.device_count()}, planes {placement.meshes.device_ids()}, cores {cores}",
         flush=True)
@@ -223,7 +223,7 @@ def throughput(args) -> dict:
   done = 0
   for r in range(rounds):
     for name, kind in (("sync", sync.SyncPipeline), ("async", pipeline.AsyncPipeline)):
-      state, done, result = _run_pipeline(kind, comp, placement, state, done, iterations,
+      state, done, result = _run_pipeline(kind, components, placement, state, done, iterations,
                                           args.warmup, jax.random.fold_in(rng, done), cores)
       runs[name].append(result)
       taken = result["cores_taken_by_others"]
@@ -276,7 +276,7 @@ def throughput(args) -> dict:
       "planes": placement.meshes.device_ids(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "iterations_per_run": iterations, "warmup_per_run": args.warmup, "rounds": rounds,
-      "env_steps_per_iteration": config.rl.rollout_length * comp.envs_per_group,
+      "env_steps_per_iteration": config.rl.rollout_length * components.envs_per_group,
       "config": {"num_envs": config.env.num_envs, "env_groups": config.swimlanes.env_groups,
                  "rollout_length": config.rl.rollout_length, "preset": config.model.preset,
                  "image_size": config.env.image_size, "num_slots": config.swimlanes.num_slots,
@@ -342,16 +342,16 @@ def sample_efficiency(args) -> dict:
   t0 = time.perf_counter()
   partial = os.path.splitext(args.out)[0] + "_runs.jsonl"
   for label, pipeline, staleness in chosen:
-    comp = None
+    components = None
     curves[label] = []
     for seed in seeds:
       config = efficiency_config(pipeline, staleness, seed, args.quick, args.set)
-      comp = comp or builders.build(config)  # Seeds share the compiled programs.
+      components = components or builders.build(config)  # Seeds share the compiled programs.
       rows = []
       t_run = time.perf_counter()
       with tempfile.TemporaryDirectory() as workdir:
         trainer.train(config, workdir, progress_fn=lambda i, m: rows.append(dict(m, step=i)),
-                      components=comp)
+                      components=components)
       evals = [(r["sim/env_steps"], r["eval/success_rate"], r["eval/episode_return"])
                for r in rows if "eval/success_rate" in r]
       lags = [r["actor/version_lag"] for r in rows if "actor/version_lag" in r]

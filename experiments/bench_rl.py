@@ -210,7 +210,7 @@ def _scores(row: dict, names: list[str]) -> dict[str, Any]:
   }
 
 
-def run_seed(config, seed: int, workdir: str, comp) -> dict[str, Any]:
+def run_seed(config, seed: int, workdir: str, components) -> dict[str, Any]:
   """One training run; its success after cloning and after RL, and its curve."""
   config = config.copy_and_resolve_references()
   config.seed = seed
@@ -220,7 +220,7 @@ def run_seed(config, seed: int, workdir: str, comp) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   recorder = _Recorder(seed, config.train.iterations, os.path.join(workdir, "rows.jsonl"))
   t0 = time.perf_counter()
-  trainer.train(config, workdir, progress_fn=recorder, components=comp)
+  trainer.train(config, workdir, progress_fn=recorder, components=components)
   seconds = time.perf_counter() - t0
   evals = recorder.evaluations()
   (first_step, first), (_, last) = evals[0], evals[-1]
@@ -296,11 +296,11 @@ def main(argv) -> None:
         f"{config.rl.warmstart_steps} cloning steps, {config.train.iterations} RL iterations",
         flush=True)
   root = _WORKDIR.value or tempfile.mkdtemp(prefix="bench_rl_")
-  comp = builders.build(config)
+  components = builders.build(config)
   runs = []
   for seed in range(seeds):
     workdir = os.path.join(root, f"{suite}_{_ALGO.value}_{_PIPELINE.value}_seed{seed}")
-    runs.append(run_seed(config, seed, workdir, comp))
+    runs.append(run_seed(config, seed, workdir, components))
     print(f"seed {seed}: success after cloning {runs[-1]['sft']['success']:.3f}, after RL "
           f"{runs[-1]['rl']['success']:.3f} ({runs[-1]['seconds']:.0f}s)", flush=True)
   out = _OUT.value

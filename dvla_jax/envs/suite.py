@@ -249,13 +249,13 @@ def _task_tables(specs: Sequence[tasks.TaskSpec]) -> dict[str, np.ndarray]:
   offset = 0
   for spec in specs:
     family, obj, dest, relation = ([-1] * _MAX_STAGES for _ in range(4))
-    for i, st in enumerate(spec.stages):
-      family[i] = st.family
-      if st.obj in tasks.RELATIONS:
-        relation[i], obj[i] = tasks.RELATIONS.index(st.obj), 0
+    for i, stage in enumerate(spec.stages):
+      family[i] = stage.family
+      if stage.obj in tasks.RELATIONS:
+        relation[i], obj[i] = tasks.RELATIONS.index(stage.obj), 0
       else:
-        obj[i] = tasks.object_index(st.obj)
-      dest[i] = (tasks.object_index(st.dest) if st.family == tasks.STACK else int(st.dest))
+        obj[i] = tasks.object_index(stage.obj)
+      dest[i] = (tasks.object_index(stage.dest) if stage.family == tasks.STACK else int(stage.dest))
     mentioned = [e for _, e in tasks.mentioned_entities(spec)]
     rows.append({
         "family": family, "obj": obj, "dest": dest,

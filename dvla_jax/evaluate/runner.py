@@ -153,14 +153,14 @@ def group_tasks(names: Sequence[str]) -> list[list[str]]:
 
 def incompatibility(policy: Policy, group: TaskGroup) -> dict[str, str]:
   """The tasks of `group` the policy cannot act in, each with the first mismatch in words."""
-  mc, env = policy.model_config, group.env
+  model_config, env = policy.model_config, group.env
   obs = env.observation_size
   checks = (
       ("camera images", tuple(obs["image"]),
-       (mc.num_cameras, mc.image_size, mc.image_size, 3)),
-      ("proprio size", obs["proprio"][0], mc.proprio_dim),
-      ("action dims", env.action_dim, mc.action_dim),
-      ("action horizon", env.config.action_horizon, mc.action_horizon),
+       (model_config.num_cameras, model_config.image_size, model_config.image_size, 3)),
+      ("proprio size", obs["proprio"][0], model_config.proprio_dim),
+      ("action dims", env.action_dim, model_config.action_dim),
+      ("action horizon", env.config.action_horizon, model_config.action_horizon),
   )
   for what, task_value, model_value in checks:
     if task_value != model_value:
@@ -171,8 +171,8 @@ def incompatibility(policy: Policy, group: TaskGroup) -> dict[str, str]:
     table = (task_table.instructions(task_table.BY_NAME[name]) if is_suite_task(name)
              else env.instruction_table())
     need = models.tokenizer.tokens_needed(table)
-    if need > mc.max_text_len:
-      out[name] = f"instructions need {need} tokens > the checkpoint's {mc.max_text_len}"
+    if need > model_config.max_text_len:
+      out[name] = f"instructions need {need} tokens > the checkpoint's {model_config.max_text_len}"
   return out
 
 

@@ -19,7 +19,7 @@ from dvla_jax.envs import episodes
 from dvla_jax.programs.builders import Components
 
 
-def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int,
+def evaluate(components: Components, params, rng: jax.Array, num_episodes: int,
              on_round: Optional[Callable[[], None]] = None) -> dict[str, float]:
   """Runs ceil(num_episodes / num_envs) rounds of one episode per env from fresh layouts.
 
@@ -29,7 +29,7 @@ def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int,
   The sampled and the argmax policy play the same layouts.
 
   Args:
-    comp: the run's components.
+    components: the run's components.
     params: policy parameters.
     rng: key for the layouts and sampled actions; the same key gives the same episodes.
     num_episodes: episodes to score (rounded up to a multiple of the batch).
@@ -41,15 +41,15 @@ def evaluate(comp: Components, params, rng: jax.Array, num_episodes: int,
     "eval/episode_length" (sampled), "eval/episodes", and with several tasks
     "eval/<task>/success_rate" and "eval/<task>/greedy_success_rate" for each task.
   """
-  names = envs.resolve_tasks(comp.config.env.task)
-  num_envs = comp.config.env.num_envs
+  names = envs.resolve_tasks(components.config.env.task)
+  num_envs = components.config.env.num_envs
   rounds = num_rounds(num_episodes, num_envs)
   sampled, greedy = [], []
   for r in range(rounds):
     round_rng = jax.random.fold_in(rng, r)
     tasks = (r * num_envs + np.arange(num_envs)) % len(names)
-    sampled.append(_episode(comp, params, round_rng, tasks, greedy=False))
-    greedy.append(_episode(comp, params, round_rng, tasks, greedy=True))
+    sampled.append(_episode(components, params, round_rng, tasks, greedy=False))
+    greedy.append(_episode(components, params, round_rng, tasks, greedy=True))
     if on_round is not None:
       on_round()
   sampled, greedy = (jax.tree.map(lambda *x: np.concatenate(x), *jax.device_get(runs))
@@ -79,18 +79,18 @@ def num_rounds(num_episodes: int, num_envs: int) -> int:
   return max(1, math.ceil(num_episodes / num_envs))
 
 
-def _episode(comp: Components, params, rng, tasks: np.ndarray, greedy: bool):
+def _episode(components: Components, params, rng, tasks: np.ndarray, greedy: bool):
   """(success, return, length), float [B] each, of one episode per env."""
   reset_rng, act_rng = jax.random.split(rng)
 
   def step(state, t):
     if greedy:
-      out = comp.act_greedy(params, state.obs)
+      out = components.act_greedy(params, state.obs)
     else:
-      out = comp.act(params, state.obs, jax.random.fold_in(act_rng, t))
-    return comp.env_step(state, out.actions)
+      out = components.act(params, state.obs, jax.random.fold_in(act_rng, t))
+    return components.env_step(state, out.actions)
 
   # Every world its own layout, whatever the algorithm (GRPO's rollouts share them in groups).
-  state = comp.reset(reset_rng, jnp.asarray(tasks, jnp.int32), shared=False)
-  _, totals = episodes.play(state, step, comp.env.config.episode_length)
+  state = components.reset(reset_rng, jnp.asarray(tasks, jnp.int32), shared=False)
+  _, totals = episodes.play(state, step, components.env.config.episode_length)
   return totals.success, totals.ret, totals.length

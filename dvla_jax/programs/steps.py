@@ -286,21 +286,22 @@ def update(graphdef, optimizer: optax.GradientTransformation, state: TrainState,
   kl_limit = 1.5 * rl_config.target_kl if rl_config.target_kl > 0 else jnp.inf
 
   def minibatch_step(carry, idx):
-    st, ok, stopped = carry
+    state_now, ok, stopped = carry
     mb = jax.tree.map(lambda x: x[idx], batch)
-    (loss, metrics), grads = grad_fn(st.params, graphdef, mb, sample_weight[idx], st.step,
-                                     policy_coef, rl_config, temperature)
+    (loss, metrics), grads = grad_fn(state_now.params, graphdef, mb, sample_weight[idx],
+                                     state_now.step, policy_coef, rl_config, temperature)
     # The KL is of the parameters before this minibatch's step: past the limit, neither this
     # step nor any later one of this update is applied.
     stopped = stopped | (policy_coef * metrics["learner/approx_kl"] > kl_limit)
     grads = _value_head_only(grads, policy_coef)
-    updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
-    new = st.replace(params=optax.apply_updates(st.params, updates), opt_state=opt_state)
-    st = jax.tree.map(lambda a, b: jnp.where(stopped, b, a), new, st)
+    updates, opt_state = optimizer.update(grads, state_now.opt_state, state_now.params)
+    new = state_now.replace(params=optax.apply_updates(state_now.params, updates),
+                            opt_state=opt_state)
+    state_now = jax.tree.map(lambda a, b: jnp.where(stopped, b, a), new, state_now)
     metrics["learner/grad_norm"] = optax.global_norm(grads)
     metrics["learner/minibatches_applied"] = 1.0 - stopped.astype(jnp.float32)
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    return (st, ok & finite, stopped), metrics
+    return (state_now, ok & finite, stopped), metrics
 
   def epoch(carry, epoch_rng):
     perm = jax.random.permutation(epoch_rng, n).reshape(num_mb, n // num_mb)

@@ -12,9 +12,9 @@ from dvla_jax.swimlanes.lanes import LANES
 from dvla_jax.swimlanes.lanes import Supervisor
 from dvla_jax.swimlanes.pipeline import AsyncPipeline
 from dvla_jax.swimlanes.stages import Poison
+from dvla_jax.swimlanes.stages import PolicyLanes
+from dvla_jax.swimlanes.stages import PoolSlot
 from dvla_jax.swimlanes.stages import Sampler
-from dvla_jax.swimlanes.stages import Slot
-from dvla_jax.swimlanes.stages import Stages
 from dvla_jax.swimlanes.sync import SyncPipeline
 from dvla_jax.swimlanes.tracing import Span
 from dvla_jax.swimlanes.tracing import Tracer
@@ -29,10 +29,10 @@ __all__ = [
     "Mailbox",
     "Poison",
     "Sampler",
-    "Slot",
+    "PoolSlot",
     "Span",
     "StallError",
-    "Stages",
+    "PolicyLanes",
     "Stopped",
     "Supervisor",
     "SyncPipeline",

@@ -64,11 +64,11 @@ class AsyncPipeline:
     memory_report: `memory.report` of the pools at start-up.
   """
 
-  def __init__(self, comp: LanePrograms, placement: Placement, tracer: Tracer, rng: jax.Array,
+  def __init__(self, components: LanePrograms, placement: Placement, tracer: Tracer, rng: jax.Array,
                faults: FaultPlan = FaultPlan(), poison: stages_lib.Poison = stages_lib.Poison(),
                join_timeout_s: Optional[float] = None):
     """Args:
-      comp: the run's components (at least two env groups).
+      components: the run's components (at least two env groups).
       placement: the plane meshes.
       tracer: records every lane's spans.
       rng: the training key.
@@ -78,16 +78,16 @@ class AsyncPipeline:
         `swimlanes.stall_timeout_s`: a lane finishes the computation it is in, e.g. an
         update, before it sees the stop; the others return within `swimlanes.poll_s`).
     """
-    if len(comp.groups) < 2:
+    if len(components.groups) < 2:
       raise ValueError("the async pipeline needs swimlanes.env_groups >= 2")
-    self.comp = comp
+    self.components = components
     self.placement = placement
     self.tracer = tracer
     self.faults = faults
-    self.join_timeout_s = join_timeout_s or comp.config.swimlanes.stall_timeout_s
-    curriculum = stages_lib.task_curriculum(comp)
-    self.sampler = stages_lib.Sampler(comp, placement, rng, curriculum)
-    self.stages = stages_lib.Stages(comp, placement, rng, poison, curriculum)
+    self.join_timeout_s = join_timeout_s or components.config.swimlanes.stall_timeout_s
+    curriculum = stages_lib.task_curriculum(components)
+    self.sampler = stages_lib.Sampler(components, placement, rng, curriculum)
+    self.policy = stages_lib.PolicyLanes(components, placement, rng, poison, curriculum)
     self.state: Optional[steps.TrainState] = None
     self.iteration = 0
     self.supervisor: Optional[Supervisor] = None
@@ -131,7 +131,7 @@ class AsyncPipeline:
       Stopped: the run stopped while waiting for the lanes.
       StallError: the lanes did not park within `swimlanes.stall_timeout_s`.
     """
-    cfg = self.comp.config.swimlanes
+    cfg = self.components.config.swimlanes
     start = time.monotonic()
     with self._hold_cond:
       self._hold = True
@@ -158,7 +158,7 @@ class AsyncPipeline:
     """At a lane's loop head: waits while `paused` holds the lanes (once `ready()`)."""
     if not self._hold:
       return
-    poll_s = self.comp.config.swimlanes.poll_s
+    poll_s = self.components.config.swimlanes.poll_s
     with self._hold_cond:
       if not (self._hold and ready()):
         return
@@ -190,8 +190,8 @@ class AsyncPipeline:
     Raises:
       LaneError: the first lane failure, after all lanes stopped.
     """
-    cfg = self.comp.config.swimlanes
-    num_groups = len(self.comp.groups)
+    cfg = self.components.config.swimlanes
+    num_groups = len(self.components.groups)
     num_slots = cfg.num_slots or num_groups + 1
     self.state, self.iteration = train_state, start
     self._learner_version = self._actor_version = start
@@ -208,8 +208,8 @@ class AsyncPipeline:
     full = channel("full slots", num_slots)
     learner_box = Mailbox("learner versions", stop, cfg.poll_s, cfg.stall_timeout_s)
     # The device memory of the run, allocated once.
-    slots = self.stages.slot_pool(num_slots)
-    snapshot, actor_weights = self.stages.weight_buffers(self.state, start)
+    slots = self.policy.slot_pool(num_slots)
+    snapshot, actor_weights = self.policy.weight_buffers(self.state, start)
     static = memory.StaticPool()
     static.register("train_state", lambda: [self.state])
     static.register("learner_snapshot", snapshot.trees)
@@ -233,25 +233,25 @@ class AsyncPipeline:
   # -- Lanes ------------------------------------------------------------------------------
 
   def _sampling(self, env_steps: Channel, actions: Channel, start: int) -> None:
-    tr = self.tracer
-    with tr.span("sampling", "reset"):
-      for g in range(len(self.comp.groups)):
+    tracer = self.tracer
+    with tracer.span("sampling", "reset"):
+      for g in range(len(self.components.groups)):
         env_steps.put((g, jax.block_until_ready(self.sampler.reset(g, round_=start))))
     # Parks only once inference has and every sent action has been stepped.
     drained = lambda: "inference" in self._parked and actions.qsize() == 0  # noqa: E731
     done = 0
     while True:
       self._park("sampling", drained)
-      with tr.wait("sampling", "wait actions"):
+      with tracer.wait("sampling", "wait actions"):
         item = actions.get(until=lambda: self._hold and drained())
       if item is None:
         continue
       g, acts = item
-      with tr.span("sampling", f"env_step g{g}"):
+      with tracer.span("sampling", f"env_step g{g}"):
         result = jax.block_until_ready(self.sampler.step(g, acts))
       done += 1
       self.faults.check("sampling", done)
-      with tr.wait("sampling", "send env step"):
+      with tracer.wait("sampling", "send env step"):
         env_steps.put((g, result))
       # Locals would keep the last step's device arrays alive while the lane waits.
       item = acts = result = None
@@ -259,10 +259,10 @@ class AsyncPipeline:
   def _inference(self, env_steps: Channel, actions: Channel, full: Channel,
                  pool: memory.SlotPool, weights: memory.WeightBuffer,
                  stop: threading.Event) -> None:
-    tr, st = self.tracer, self.stages
-    cfg = self.comp.config
+    tracer, policy = self.tracer, self.policy
+    cfg = self.components.config
     horizon = cfg.rl.rollout_length
-    num_groups = len(self.comp.groups)
+    num_groups = len(self.components.groups)
     version, params = weights.take_newest()
     pending = [None] * num_groups  # (obs, ActOutput, version) awaiting the env's answer.
     slots = [None] * num_groups
@@ -270,7 +270,7 @@ class AsyncPipeline:
     done = 0
     while True:
       self._park("inference")
-      with tr.wait("inference", "wait env step"):
+      with tracer.wait("inference", "wait env step"):
         item = env_steps.get(until=self._holding)
       if item is None:
         continue
@@ -286,30 +286,30 @@ class AsyncPipeline:
       if pending[g] is not None and slots[g] is None:
         # Backpressure. The lane may park here for `paused`: it has only taken the env step
         # from its channel, so device memory is as if it were parked at the loop head.
-        with tr.wait("inference", "wait free slot"):
+        with tracer.wait("inference", "wait free slot"):
           slots[g] = wait_for(pool.acquire, "rollout slots", stop, cfg.swimlanes.poll_s,
                               cfg.swimlanes.stall_timeout_s, idle=lambda: self._park("inference"))
-      with tr.span("inference", f"act g{g}"):
-        result = st.to_actor(result)
+      with tracer.span("inference", f"act g{g}"):
+        result = policy.to_actor(result)
         if pending[g] is not None:
           obs, out, acted = pending[g]
-          slots[g] = st.record(slots[g], filled[g], obs, out, acted, result)
+          slots[g] = policy.record(slots[g], filled[g], obs, out, acted, result)
           filled[g] += 1
-        out = st.act(params, result.obs, st.act_key(g, done))
-        acts = jax.block_until_ready(st.actions_to_sim(out, g))
+        out = policy.act(params, result.obs, policy.act_key(g, done))
+        acts = jax.block_until_ready(policy.actions_to_sim(out, g))
         if filled[g] == horizon:
           # The value of the observation after the slot's last step bootstraps its returns.
-          slots[g] = jax.block_until_ready(st.record_bootstrap(slots[g], out.value))
+          slots[g] = jax.block_until_ready(policy.record_bootstrap(slots[g], out.value))
       done += 1
       with self._lock:
         self._lag_sum += self._learner_version - version
         self._acts += 1
       self.faults.check("inference", done)
       if filled[g] == horizon:
-        with tr.wait("inference", "send slot"):
+        with tracer.wait("inference", "send slot"):
           full.put((slots[g], g))
         slots[g], filled[g] = None, 0
-      with tr.wait("inference", "send actions"):
+      with tracer.wait("inference", "send actions"):
         actions.put((g, acts))
       pending[g] = (result.obs, out, version)
       item = result = out = acts = obs = None
@@ -317,18 +317,18 @@ class AsyncPipeline:
   def _gradient(self, full: Channel, pool: memory.SlotPool, snapshot: memory.WeightBuffer,
                 learner_box: Mailbox, total: int, on_update: UpdateFn,
                 stop: threading.Event) -> None:
-    tr, st = self.tracer, self.stages
-    refills = st.refills_grpo()
+    tracer, policy = self.tracer, self.policy
+    refills = policy.refills_grpo()
     done = 0
     while self.iteration < total:
-      with tr.wait("gradient", "wait slot"):
+      with tracer.wait("gradient", "wait slot"):
         try:
           item = full.get()
         except Stopped:
           if not self.placement.spans_processes:
             raise
           item = None  # Stop only with the other processes, after the same update.
-      if st.agree_to_stop(item is None):
+      if policy.agree_to_stop(item is None):
         if item is not None:
           pool.release(item[0])
         break
@@ -336,31 +336,31 @@ class AsyncPipeline:
       it = self.iteration + 1
       group_valid, slots, collected = None, 1, None
       if refills:  # GRPO: more slots until every group position holds a mixed group.
-        batch = st.grpo_start(slot)
+        batch = policy.grpo_start(slot)
         while not batch.full() and batch.slots <= refills:
-          with tr.wait("gradient", "wait refill slot"):
+          with tracer.wait("gradient", "wait refill slot"):
             try:
               extra = full.get()[0]
             except Stopped:
               break  # Learn from what is there; the loop head sees the stop.
-          with tr.span("gradient", f"refill {it}"):
-            batch = st.grpo_add(batch, extra)
+          with tracer.span("gradient", f"refill {it}"):
+            batch = policy.grpo_add(batch, extra)
             jax.block_until_ready(batch.group_valid)
           pool.release(extra)
           del extra
         slot, group_valid, slots = batch.slot, batch.group_valid, batch.slots
         collected = batch.rollout_metrics()
         del batch
-      with tr.span("gradient", f"update {it}"):
-        state, metrics = st.learn(self.state, slot, it, group_valid, collected)
+      with tracer.span("gradient", f"update {it}"):
+        state, metrics = policy.learn(self.state, slot, it, group_valid, collected)
         metrics["learner/rollout_slots"] = slots
         jax.block_until_ready(state)
       # The update has read the slot: it can be filled again.
       self.state, self.iteration = state, it
       pool.release(slot)
       del slot
-      with tr.span("gradient", f"publish v{it}"):
-        st.publish(snapshot, it, state)
+      with tracer.span("gradient", f"publish v{it}"):
+        policy.publish(snapshot, it, state)
       learner_box.put(it, None)
       with self._lock:
         self._learner_version = it
@@ -371,15 +371,15 @@ class AsyncPipeline:
 
   def _distribution(self, learner_box: Mailbox, snapshot: memory.WeightBuffer,
                     actor: memory.WeightBuffer, start: int) -> None:
-    tr, st = self.tracer, self.stages
+    tracer, policy = self.tracer, self.policy
     version, done = start, 0
     while True:
-      with tr.wait("distribution", "wait weights"):
+      with tracer.wait("distribution", "wait weights"):
         learner_box.wait_newer(version)
-      with self._transfer_lock, tr.span("distribution", f"transfer v{learner_box.version}"):
+      with self._transfer_lock, tracer.span("distribution", f"transfer v{learner_box.version}"):
         # The snapshot copy taken here is not written until the next `take_newest`.
         version, params = snapshot.take_newest()
-        st.distribute_into(actor, version, params)
+        policy.distribute_into(actor, version, params)
         del params
       done += 1
       self.faults.check("distribution", done)

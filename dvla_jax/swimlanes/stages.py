@@ -5,15 +5,15 @@ Both pipelines call exactly these functions, and through them the same compiled 
 one thread runs the stages one after another or four threads run them at the same time.
 
   sampling      `Sampler.reset` / `Sampler.step`: env groups on their sim devices
-  inference     `Stages.act` and `Stages.record`: policy forward, rollout slot writes
-  gradient      `Stages.learn`: a rollout slot onto the learner mesh, one update;
-                `Stages.publish`: the new params into the learner's snapshot buffer
-  distribution  `Stages.distribute_into`: a snapshot onto the actor mesh, into the actors'
+  inference     `PolicyLanes.act` and `PolicyLanes.record`: policy forward, rollout slot writes
+  gradient      `PolicyLanes.learn`: a rollout slot onto the learner mesh, one update;
+                `PolicyLanes.publish`: the new params into the learner's snapshot buffer
+  distribution  `PolicyLanes.distribute_into`: a snapshot onto the actor mesh, into the actors'
                 incoming weight buffer
 
 The device memory they work in is allocated once (`dvla_jax.memory`): the rollout slots
-(`Stages.slot_pool`, a `memory.SlotPool` on the actor mesh), the learner's params snapshot
-and the actors' weights (`Stages.weight_buffers`, two `memory.WeightBuffer`s); every
+(`PolicyLanes.slot_pool`, a `memory.SlotPool` on the actor mesh), the learner's params snapshot
+and the actors' weights (`PolicyLanes.weight_buffers`, two `memory.WeightBuffer`s); every
 per-step write into them is a donating update.
 """
 
@@ -50,7 +50,7 @@ class Poison:
 
 
 @flax.struct.dataclass
-class Slot:
+class PoolSlot:
   """One slot of the rollout pool: T steps of one env group and the value that bootstraps them.
 
   Attributes:
@@ -70,7 +70,7 @@ class GrpoRefill:
   metrics of those slots as they were collected (the batch itself holds mostly mixed groups,
   so its own success rate says little about the policy)."""
 
-  slot: Slot
+  slot: PoolSlot
   group_valid: jax.Array
   slots: int
   collected: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
@@ -84,10 +84,10 @@ class GrpoRefill:
     return bool(jax.device_get(jnp.min(self.group_valid)) > 0)
 
 
-def task_curriculum(comp: LanePrograms) -> curriculum_lib.TaskCurriculum:
-  """The run's `rl.task_sampling` over its tasks (shared by its Sampler and Stages)."""
-  rl_config = comp.config.rl
-  return curriculum_lib.TaskCurriculum(envs.resolve_tasks(comp.config.env.task),
+def task_curriculum(components: LanePrograms) -> curriculum_lib.TaskCurriculum:
+  """The run's `rl.task_sampling` over its tasks (shared by its Sampler and PolicyLanes)."""
+  rl_config = components.config.rl
+  return curriculum_lib.TaskCurriculum(envs.resolve_tasks(components.config.env.task),
                                        rl_config.task_sampling, rl_config.task_sampling_mix)
 
 
@@ -98,25 +98,25 @@ class Sampler:
   by its shares (blocks of `rl.group_size` worlds under GRPO); otherwise the tasks take turns.
   """
 
-  def __init__(self, comp: LanePrograms, placement: Placement, rng: jax.Array,
+  def __init__(self, components: LanePrograms, placement: Placement, rng: jax.Array,
                curriculum: Optional[curriculum_lib.TaskCurriculum] = None):
-    self.comp = comp
+    self.components = components
     self.placement = placement
     self.rng = rng
     self.curriculum = curriculum
-    self.states: list[Any] = [None] * len(comp.groups)
-    self.steps_in_slot = [0] * len(comp.groups)
-    self.rollouts = [0] * len(comp.groups)
+    self.states: list[Any] = [None] * len(components.groups)
+    self.steps_in_slot = [0] * len(components.groups)
+    self.rollouts = [0] * len(components.groups)
 
   def _tasks(self, group: int, count: int) -> Optional[np.ndarray]:
     """The curriculum's task per world for rollout `count` of `group` (None: uniform)."""
     if self.curriculum is None or not self.curriculum.active:
       return None
-    rl_config = self.comp.config.rl
+    rl_config = self.components.config.rl
     share = rl_config.group_size if rl_config.algo == "grpo" else 1
     seed = [int(x) for x in np.ravel(jax.random.key_data(self.rng))]
     rng = np.random.default_rng(seed + [rng_streams.TASK, group, count])
-    return self.curriculum.tasks(self.comp.envs_per_group, share, rng)
+    return self.curriculum.tasks(self.components.envs_per_group, share, rng)
 
   def _key(self, purpose: int, group: int, count: int) -> jax.Array:
     key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.rng, purpose), group),
@@ -125,7 +125,8 @@ class Sampler:
 
   def reset(self, group: int, round_: int = 0) -> steps.EnvStep:
     """Fresh episodes for every env of `group` (on its sim device); returns their EnvStep."""
-    self.states[group] = self.comp.groups[group].reset(self._key(rng_streams.RESET, group, round_))
+    key = self._key(rng_streams.RESET, group, round_)
+    self.states[group] = self.components.groups[group].reset(key)
     self.steps_in_slot[group] = 0
     return steps.env_step_result(self.states[group])
 
@@ -140,28 +141,29 @@ class Sampler:
     the returned EnvStep then carries the reward of the step just taken and the
     observations the next slot starts from.
     """
-    g = self.comp.groups[group]
+    g = self.components.groups[group]
     state = g.env_step(self.states[group], actions)
     result = steps.env_step_result(state)
     self.steps_in_slot[group] += 1
-    if self.steps_in_slot[group] == self.comp.config.rl.rollout_length:
+    if self.steps_in_slot[group] == self.components.config.rl.rollout_length:
       self.steps_in_slot[group] = 0
       self.rollouts[group] += 1
       state = g.start_rollout(state, self._key(rng_streams.ROLLOUT, group, self.rollouts[group]),
-                              steps.first_episode_slots(self.comp.config.rl),
+                              steps.first_episode_slots(self.components.config.rl),
                               self._tasks(group, self.rollouts[group]))
       result = result.replace(obs=state.obs)
     self.states[group] = state
     return result
 
 
-class Stages:
-  """Inference, gradient and distribution work on the plane meshes."""
+class PolicyLanes:
+  """The work of the three lanes that handle the policy, on the plane meshes: inference
+  (`act`, `record`), gradient (`learn`, `publish`) and distribution (`distribute_into`)."""
 
-  def __init__(self, comp: LanePrograms, placement: Placement, rng: jax.Array,
+  def __init__(self, components: LanePrograms, placement: Placement, rng: jax.Array,
                poison: Optional[Poison] = None,
                curriculum: Optional[curriculum_lib.TaskCurriculum] = None):
-    self.comp = comp
+    self.components = components
     self.placement = placement
     self.rng = rng
     self.poison = poison or Poison()
@@ -177,17 +179,18 @@ class Stages:
 
   def act(self, params, obs, rng: jax.Array) -> steps.ActOutput:
     """Policy forward on the actor mesh."""
-    return self.comp.act(params, obs, rng)
+    return self.components.act(params, obs, rng)
 
   def actions_to_sim(self, out: steps.ActOutput, group: int) -> jax.Array:
     return self.placement.put_sim(out.actions, group)
 
   def slot_pool(self, num_slots: int) -> memory.SlotPool:
     """The ring of `num_slots` rollout slots, allocated on the actor mesh (env axis split)."""
-    comp, placement = self.comp, self.placement
+    components, placement = self.components, self.placement
 
-    def empty() -> Slot:
-      return Slot(rollout=comp.empty_slot(), bootstrap=jnp.zeros((comp.envs_per_group,)))
+    def empty() -> PoolSlot:
+      return PoolSlot(rollout=components.empty_slot(),
+                      bootstrap=jnp.zeros((components.envs_per_group,)))
 
     # Rollout fields are time-major, [T, B, ...]; the bootstrap is [B].
     shardings = jax.tree.map(
@@ -211,21 +214,22 @@ class Stages:
     if self.placement.spans_processes:  # Gathered: every process holds a whole replica.
       params = self.placement.gather(state.params)
     else:
-      params = self.comp.copy_params(state.params)
+      params = self.components.copy_params(state.params)
     # A copy even where the planes share devices: the actors' buffers are donated on their own.
-    actor = self.comp.copy_params(self.distribute(params))
+    actor = self.components.copy_params(self.distribute(params))
     return memory.WeightBuffer(params, version), memory.WeightBuffer(actor, version)
 
-  def record(self, slot: Slot, t: int, obs, out: steps.ActOutput, version: int,
-             result: steps.EnvStep) -> Slot:
+  def record(self, slot: PoolSlot, t: int, obs, out: steps.ActOutput, version: int,
+             result: steps.EnvStep) -> PoolSlot:
     """Writes step `t` into `slot` in place (the slot passed in is consumed)."""
-    return slot.replace(rollout=self.comp.write_step(slot.rollout, t, obs, out, version, result))
+    return slot.replace(
+        rollout=self.components.write_step(slot.rollout, t, obs, out, version, result))
 
-  def record_bootstrap(self, slot: Slot, value: jax.Array) -> Slot:
+  def record_bootstrap(self, slot: PoolSlot, value: jax.Array) -> PoolSlot:
     """Writes the bootstrap value [B] into `slot` in place (the slot passed in is consumed)."""
     return slot.replace(bootstrap=memory.overwrite(slot.bootstrap, value))
 
-  def learn(self, state: steps.TrainState, slot: Slot, iteration: int,
+  def learn(self, state: steps.TrainState, slot: PoolSlot, iteration: int,
             group_valid: jax.Array | None = None,
             rollout_metrics: dict[str, jax.Array] | None = None
             ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
@@ -238,14 +242,16 @@ class Stages:
     rollout = self.placement.put_batch(slot.rollout, "learner", batch_axis=1)
     bootstrap = self.placement.put_batch(slot.bootstrap, "learner", batch_axis=0)
     if self.poison.applies(iteration):
-      rollout = self.comp.poison(rollout)
+      rollout = self.components.poison(rollout)
     # A refilled GRPO batch brings the metrics of the slots it collected: not computed again.
-    metrics = dict(rollout_metrics) if rollout_metrics is not None else self.comp.slot_metrics(
-        rollout)
+    if rollout_metrics is not None:
+      metrics = dict(rollout_metrics)
+    else:
+      metrics = self.components.slot_metrics(rollout)
     rng = jax.random.fold_in(jax.random.fold_in(self.rng, rng_streams.LEARN), iteration)
     if group_valid is not None:
       group_valid = self.placement.put_batch(group_valid, "learner", batch_axis=0)
-    state, learner_metrics = self.comp.update(state, rollout.transition, bootstrap, rng,
+    state, learner_metrics = self.components.update(state, rollout.transition, bootstrap, rng,
                                               group_valid)
     metrics.update(learner_metrics)
     if self.curriculum is not None:  # Its shares for the next slots, then what it saw here.
@@ -255,26 +261,26 @@ class Stages:
 
   def refills_grpo(self) -> int:
     """Extra slots a GRPO update may take to refill its batch (0: no refill)."""
-    rl_config = self.comp.config.rl
+    rl_config = self.components.config.rl
     if rl_config.algo != "grpo" or self.placement.spans_processes:
       # Across processes every process would have to take the same number of slots (the
       # update's collectives must match); there, dropped groups are masked instead.
       return 0
     return rl_config.grpo_refill_slots
 
-  def grpo_start(self, slot: Slot) -> "GrpoRefill":
+  def grpo_start(self, slot: PoolSlot) -> "GrpoRefill":
     """A refilled GRPO batch that starts from `slot` (consumed)."""
-    collected = [self.comp.slot_metrics(slot.rollout)]  # Before the slot is consumed.
-    rollout, bootstrap, valid = self.comp.grpo_compact(slot.rollout, slot.bootstrap)
-    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, 1, collected)
+    collected = [self.components.slot_metrics(slot.rollout)]  # Before the slot is consumed.
+    rollout, bootstrap, valid = self.components.grpo_compact(slot.rollout, slot.bootstrap)
+    return GrpoRefill(PoolSlot(rollout=rollout, bootstrap=bootstrap), valid, 1, collected)
 
-  def grpo_add(self, batch: "GrpoRefill", extra: Slot) -> "GrpoRefill":
+  def grpo_add(self, batch: "GrpoRefill", extra: PoolSlot) -> "GrpoRefill":
     """`batch` refilled with `extra`'s mixed groups (`batch` is consumed, `extra` only read)."""
-    collected = batch.collected + [self.comp.slot_metrics(extra.rollout)]
-    rollout, bootstrap, valid = self.comp.grpo_merge(
+    collected = batch.collected + [self.components.slot_metrics(extra.rollout)]
+    rollout, bootstrap, valid = self.components.grpo_merge(
         batch.slot.rollout, batch.slot.bootstrap, batch.group_valid, extra.rollout,
         extra.bootstrap)
-    return GrpoRefill(Slot(rollout=rollout, bootstrap=bootstrap), valid, batch.slots + 1,
+    return GrpoRefill(PoolSlot(rollout=rollout, bootstrap=bootstrap), valid, batch.slots + 1,
                       collected)
 
   def publish(self, snapshot: memory.WeightBuffer, version: int,

@@ -25,23 +25,23 @@ UpdateFn = Callable[[int, steps.TrainState, dict], None]
 class SyncPipeline:
   """Runs the stages in sequence; `run` returns the train state when done or stopped."""
 
-  def __init__(self, comp: LanePrograms, placement: Placement, tracer: Tracer, rng: jax.Array,
+  def __init__(self, components: LanePrograms, placement: Placement, tracer: Tracer, rng: jax.Array,
                faults: FaultPlan = FaultPlan(), poison: stages_lib.Poison = stages_lib.Poison()):
     """Args:
-      comp: the run's components.
+      components: the run's components.
       placement: the plane meshes.
       tracer: records spans (a disabled tracer also skips the waits that make spans exact).
       rng: the training key.
       faults: test hook (a lane name counts that stage's work as in the async pipeline).
       poison: test hook (NaN rewards for some updates).
     """
-    self.comp = comp
+    self.components = components
     self.placement = placement
     self.tracer = tracer
     self.faults = faults
-    curriculum = stages_lib.task_curriculum(comp)
-    self.sampler = stages_lib.Sampler(comp, placement, rng, curriculum)
-    self.stages = stages_lib.Stages(comp, placement, rng, poison, curriculum)
+    curriculum = stages_lib.task_curriculum(components)
+    self.sampler = stages_lib.Sampler(components, placement, rng, curriculum)
+    self.policy = stages_lib.PolicyLanes(components, placement, rng, poison, curriculum)
     self.iteration = 0
     self.state = None
 
@@ -67,20 +67,20 @@ class SyncPipeline:
     Returns:
       (train state, iterations done).
     """
-    comp, tr, st = self.comp, self.tracer, self.stages
-    num_groups = len(comp.groups)
+    components, tracer, policy = self.components, self.tracer, self.policy
+    num_groups = len(components.groups)
     self.state, self.iteration = train_state, start
-    refills = st.refills_grpo()
-    pool = st.slot_pool(2 if refills else 1)
-    with tr.span("distribution", "transfer"):
-      snapshot, weights = st.weight_buffers(self.state, start)
+    refills = policy.refills_grpo()
+    pool = policy.slot_pool(2 if refills else 1)
+    with tracer.span("distribution", "transfer"):
+      snapshot, weights = policy.weight_buffers(self.state, start)
       params = self._ready(weights.take_newest()[1])
-    with tr.span("sampling", "reset"):
+    with tracer.span("sampling", "reset"):
       for g in range(num_groups):
         self._ready(self.sampler.reset(g, round_=start))
     counts = {"sampling": 0, "inference": 0, "gradient": 0, "distribution": 1}
     for it in range(start, total):
-      if st.agree_to_stop(stop.is_set()):  # Across processes: all stop at the same iteration.
+      if policy.agree_to_stop(stop.is_set()):  # Across processes: all stop at the same iteration.
         break
       g = it % num_groups
       # Action keys: slot k of iteration `it` (k > 0 only when refilling) acts with keys
@@ -89,18 +89,18 @@ class SyncPipeline:
                            it * (refills + 1))
       group_valid, slots, collected = None, 1, None
       if refills:  # GRPO: more slots until every group position holds a mixed group.
-        batch = st.grpo_start(slot)
+        batch = policy.grpo_start(slot)
         while not batch.full() and batch.slots <= refills:
           extra = self._rollout(pool.acquire(timeout=0), g, params, it, counts,
                                 it * (refills + 1) + batch.slots)
-          with tr.span("gradient", f"refill {it + 1}"):
-            batch = st.grpo_add(batch, extra)
+          with tracer.span("gradient", f"refill {it + 1}"):
+            batch = policy.grpo_add(batch, extra)
             self._ready(batch.group_valid)
           pool.release(extra)
         slot, group_valid, slots = batch.slot, batch.group_valid, batch.slots
         collected = batch.rollout_metrics()
-      with tr.span("gradient", f"update {it + 1}"):
-        self.state, metrics = st.learn(self.state, slot, it + 1, group_valid, collected)
+      with tracer.span("gradient", f"update {it + 1}"):
+        self.state, metrics = policy.learn(self.state, slot, it + 1, group_valid, collected)
         metrics["learner/rollout_slots"] = slots
         self._ready(self.state)
       pool.release(slot)
@@ -108,10 +108,10 @@ class SyncPipeline:
       on_update(it + 1, self.state, metrics)
       counts["gradient"] += 1
       self.faults.check("gradient", counts["gradient"])
-      with tr.span("distribution", f"transfer v{it + 1}"):
+      with tracer.span("distribution", f"transfer v{it + 1}"):
         # The same in-place copies as the async lanes: snapshot, then the actors' buffer.
-        st.publish(snapshot, it + 1, self.state)
-        st.distribute_into(weights, *snapshot.take_newest())
+        policy.publish(snapshot, it + 1, self.state)
+        policy.distribute_into(weights, *snapshot.take_newest())
         params = weights.take_newest()[1]
       counts["distribution"] += 1
       self.faults.check("distribution", counts["distribution"])
@@ -120,22 +120,22 @@ class SyncPipeline:
   def _rollout(self, slot, g: int, params, version: int, counts: dict, key_slot: int):
     """Fills `slot` with one rollout of env group `g` acting with `params` (action keys
     numbered from `key_slot * T`); returns it."""
-    tr, st = self.tracer, self.stages
-    horizon = self.comp.config.rl.rollout_length
+    tracer, policy = self.tracer, self.policy
+    horizon = self.components.config.rl.rollout_length
     result = self.sampler.current(g)
     for t in range(horizon):
-      with tr.span("inference", f"act g{g}"):
-        obs = st.to_actor(result).obs
-        out = st.act(params, obs, st.act_key(g, key_slot * horizon + t))
-        actions = self._ready(st.actions_to_sim(out, g))
+      with tracer.span("inference", f"act g{g}"):
+        obs = policy.to_actor(result).obs
+        out = policy.act(params, obs, policy.act_key(g, key_slot * horizon + t))
+        actions = self._ready(policy.actions_to_sim(out, g))
       counts["inference"] += 1
       self.faults.check("inference", counts["inference"])
-      with tr.span("sampling", f"env_step g{g}"):
+      with tracer.span("sampling", f"env_step g{g}"):
         result = self._ready(self.sampler.step(g, actions))
       counts["sampling"] += 1
       self.faults.check("sampling", counts["sampling"])
-      with tr.span("inference", f"record g{g}"):
-        slot = self._ready(st.record(slot, t, obs, out, version, st.to_actor(result)))
-    with tr.span("inference", f"bootstrap g{g}"):
-      bootstrap = self.comp.value(params, st.to_actor(result).obs)
-      return self._ready(st.record_bootstrap(slot, bootstrap))
+      with tracer.span("inference", f"record g{g}"):
+        slot = self._ready(policy.record(slot, t, obs, out, version, policy.to_actor(result)))
+    with tracer.span("inference", f"bootstrap g{g}"):
+      bootstrap = self.components.value(params, policy.to_actor(result).obs)
+      return self._ready(policy.record_bootstrap(slot, bootstrap))

@@ -36,13 +36,13 @@ def check_experts(config, why: str) -> None:
           "with an expert (TaskDefinition.expert), or demonstrations in sft.demos")
 
 
-def recording_rounds(comp: builders.Components, num_rows: int) -> int:
+def recording_rounds(components: builders.Components, num_rows: int) -> int:
   """Rounds of `envs_per_group` rows that `record_demos` plays for `num_rows` per task."""
-  num_tasks = len(envs.resolve_tasks(comp.config.env.task))
-  return -(-num_rows * num_tasks // comp.envs_per_group)
+  num_tasks = len(envs.resolve_tasks(components.config.env.task))
+  return -(-num_rows * num_tasks // components.envs_per_group)
 
 
-def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
+def record_demos(components: builders.Components, rng: jax.Array, num_rows: int,
                  noise: float = 0.0,
                  on_round: Optional[Callable[[], None]] = None) -> dict[str, np.ndarray]:
   """Runs the task's scripted expert through the run's env and returns its steps.
@@ -57,7 +57,7 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
   `row` holds, so "the first n rows" is the first n of each task.
 
   Args:
-    comp: the run's components (env group 0 plays, `envs_per_group` rows at a time).
+    components: the run's components (env group 0 plays, `envs_per_group` rows at a time).
     rng: layouts and action noise.
     num_rows: rows to record (per task).
     noise: std of Gaussian noise added to the executed actions (the labels stay the expert's
@@ -68,29 +68,30 @@ def record_demos(comp: builders.Components, rng: jax.Array, num_rows: int,
     Flat steps (see `demo_steps`), plus `task` int32 [M] (the step's index into
     `envs.resolve_tasks(env.task)`).
   """
-  env, mc = comp.env, comp.model_config
-  num_tasks = len(envs.resolve_tasks(comp.config.env.task))
-  tok = models.ActionTokenizer([-1.0] * mc.action_dim, [1.0] * mc.action_dim, mc.num_bins)
+  env, model_config = components.env, components.model_config
+  num_tasks = len(envs.resolve_tasks(components.config.env.task))
+  tok = models.ActionTokenizer([-1.0] * model_config.action_dim,
+                               [1.0] * model_config.action_dim, model_config.num_bins)
 
   @jax.jit
   def expert(state, key):
     action = jnp.clip(jax.vmap(env.expert_action)(state), -1.0, 1.0)
-    tokens = tok.encode(jnp.reshape(action, action.shape[:-1] + (mc.action_horizon, -1)))
+    tokens = tok.encode(jnp.reshape(action, action.shape[:-1] + (model_config.action_horizon, -1)))
     executed = jnp.clip(action + noise * jax.random.normal(key, action.shape), -1.0, 1.0)
     return jnp.reshape(tokens, action.shape), executed
 
   parts = []
   total = num_rows * num_tasks
-  for r in range(recording_rounds(comp, num_rows)):
+  for r in range(recording_rounds(components, num_rows)):
     reset_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, r))
-    recorded = np.arange(comp.envs_per_group) + r * comp.envs_per_group
+    recorded = np.arange(components.envs_per_group) + r * components.envs_per_group
     task = recorded % num_tasks
-    state = comp.reset(reset_rng, jnp.asarray(task, jnp.int32), shared=False)
+    state = components.reset(reset_rng, jnp.asarray(task, jnp.int32), shared=False)
     steps = []
 
     def expert_step(state, t, noise_rng=noise_rng, steps=steps):
       tokens, executed = expert(state, jax.random.fold_in(noise_rng, t))
-      nxt = comp.env_step(state, executed)
+      nxt = components.env_step(state, executed)
       obs = {k: state.obs[k] for k in ("image", "text", "proprio")}
       steps.append(jax.device_get((obs, tokens, nxt.done, nxt.metrics["success"])))
       return nxt
@@ -131,12 +132,12 @@ def demo_steps(demos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                  "action_tokens": demos["action_tokens"][episode, step], "row": episode})
 
 
-def _check_demos(meta: dict, comp: builders.Components) -> None:
-  mc = comp.model_config
-  want = {"image_size": mc.image_size, "action_horizon": mc.action_horizon,
-          "action_dim": mc.action_dim, "num_bins": mc.num_bins,
-          "max_text_len": mc.max_text_len, "proprio_dim": mc.proprio_dim,
-          "task": comp.config.env.task}
+def _check_demos(meta: dict, components: builders.Components) -> None:
+  model_config = components.model_config
+  want = {"image_size": model_config.image_size, "action_horizon": model_config.action_horizon,
+          "action_dim": model_config.action_dim, "num_bins": model_config.num_bins,
+          "max_text_len": model_config.max_text_len, "proprio_dim": model_config.proprio_dim,
+          "task": components.config.env.task}
   for key, value in want.items():
     if meta.get(key) != value:
       raise config_check.ConfigError(
@@ -144,7 +145,7 @@ def _check_demos(meta: dict, comp: builders.Components) -> None:
           f"{value!r}; allowed: demonstrations written for the run's task and env settings")
 
 
-def load_or_record(config, comp: builders.Components, rng: jax.Array,
+def load_or_record(config, components: builders.Components, rng: jax.Array,
                    workdir: Optional[str] = None) -> dict[str, np.ndarray]:
   """The run's demonstration steps: from `sft.demos` if set, else recorded in-process.
 
@@ -160,7 +161,7 @@ def load_or_record(config, comp: builders.Components, rng: jax.Array,
       meta = demos_lib.read_meta(config.sft.demos)
     except (FileNotFoundError, ValueError) as e:
       raise config_check.ConfigError(f"sft.demos={config.sft.demos!r}: {e}") from None
-    _check_demos(meta, comp)
+    _check_demos(meta, components)
     if meta["num_episodes"] < total:
       raise config_check.ConfigError(
           f"sft.demos holds {meta['num_episodes']} episodes but sft.episodes + "
@@ -176,8 +177,8 @@ def load_or_record(config, comp: builders.Components, rng: jax.Array,
       return steps
   check_experts(config, "mode=sft")
   with console.phase(f"recording {total} rows of expert demonstrations per task",
-                     recording_rounds(comp, total), "rounds") as bar:
-    steps = record_demos(comp, jax.random.fold_in(rng, rng_streams.DEMOS), total,
+                     recording_rounds(components, total), "rounds") as bar:
+    steps = record_demos(components, jax.random.fold_in(rng, rng_streams.DEMOS), total,
                          config.sft.expert_noise, on_round=bar.advance)
   if cache and jax.process_index() == 0:
     np.savez_compressed(cache, rows=np.int32(total), **steps)
@@ -195,6 +196,6 @@ def batches(steps: dict[str, np.ndarray], batch_size: int, seed: int):
       yield {k: v[idx] for k, v in steps.items()}
 
 
-def to_batch(steps: dict[str, np.ndarray], mc: models.VLAConfig) -> dict[str, Any]:
-  tokens = steps["action_tokens"].reshape(-1, mc.action_horizon, mc.action_dim)
+def to_batch(steps: dict[str, np.ndarray], model_config: models.VLAConfig) -> dict[str, Any]:
+  tokens = steps["action_tokens"].reshape(-1, model_config.action_horizon, model_config.action_dim)
   return {"obs": {k: steps[k] for k in ("image", "text", "proprio")}, "tokens": tokens}

@@ -119,15 +119,15 @@ def train(config, workdir: str, progress_fn: Optional[Callable[[int, dict], None
       writer.close()
 
 
-def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, comp) -> dict:
+def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, components) -> dict:
   t0 = time.perf_counter()
   placement = builders.make_placement(config, planes=("learner",))
-  comp = comp or builders.build(config)
-  mc = comp.model_config
+  components = components or builders.build(config)
+  model_config = components.model_config
   rng = jax.random.key(config.seed)
   init_rng = jax.random.fold_in(rng, rng_streams.INIT)
-  abstract = jax.eval_shape(comp.init_train_state, init_rng)
-  train_state = jax.jit(comp.init_train_state,
+  abstract = jax.eval_shape(components.init_train_state, init_rng)
+  train_state = jax.jit(components.init_train_state,
                         out_shardings=placement.state_shardings(abstract, "learner"))(init_rng)
   latest = ckpt.latest_step()
   if latest is not None:
@@ -141,7 +141,7 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
     logging.info("resumed SFT from %s at step %d", ckpt.directory, latest)
   start, total = int(train_state.step), config.train.iterations
 
-  steps = demo_rows.load_or_record(config, comp, rng, workdir)
+  steps = demo_rows.load_or_record(config, components, rng, workdir)
   n_train = config.sft.episodes
   held_out = steps["row"] >= n_train
   train_steps = {k: v[~held_out] for k, v in steps.items()}
@@ -158,12 +158,12 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
 
   optimizer = builders.make_optimizer(ml_collections.ConfigDict(
       {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))
-  step_fn = jax.jit(functools.partial(sft_step, comp.graphdef, optimizer,
+  step_fn = jax.jit(functools.partial(sft_step, components.graphdef, optimizer,
                                       label_sigma=config.sft.label_sigma), donate_argnums=0)
-  loss_fn = jax.jit(functools.partial(token_loss, comp.graphdef,
+  loss_fn = jax.jit(functools.partial(token_loss, components.graphdef,
                                       label_sigma=config.sft.label_sigma))
   eval_device = placement.sim_device(0)
-  eval_comp = comp.for_group(comp.eval_group(separate=False))
+  eval_comp = components.for_group(components.eval_group(separate=False))
   eval_rng = jax.device_put(jax.random.fold_in(rng, rng_streams.EVAL), eval_device)
 
   def holdout_metrics(params):
@@ -171,7 +171,8 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
     count = len(holdout["row"]) // holdout_batch
     for i in range(count):
       chunk = {k: v[i * holdout_batch:(i + 1) * holdout_batch] for k, v in holdout.items()}
-      _, m = loss_fn(params, placement.put_batch(demo_rows.to_batch(chunk, mc), "learner"))
+      batch = placement.put_batch(demo_rows.to_batch(chunk, model_config), "learner")
+      _, m = loss_fn(params, batch)
       sums += np.array([float(m["loss"]), float(m["nll"]), float(m["token_accuracy"])])
     # The loss is the training objective's (smoothed targets with sft.label_sigma); the NLL is
     # always the demonstrated bins'.
@@ -201,7 +202,7 @@ def _train(config, workdir: str, ckpt: checkpoints.Checkpointer, progress_fn, co
   window = time.perf_counter()
   with console.phase(f"SFT: behaviour cloning from step {start}", total - start) as bar:
     for step in range(start + 1, total + 1):
-      batch = placement.put_batch(demo_rows.to_batch(next(stream), mc), "learner")
+      batch = placement.put_batch(demo_rows.to_batch(next(stream), model_config), "learner")
       train_state, metrics = step_fn(train_state, batch)
       bar.advance()
       if step % config.train.log_every == 0 or step == total:

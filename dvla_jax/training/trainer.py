@@ -152,15 +152,15 @@ class _Run:
     self.compiling = None
     self.evaluated = False
 
-  def train(self, comp: Optional[builders.Components]) -> dict:
+  def train(self, components: Optional[builders.Components]) -> dict:
     config = self.config
     t0 = time.perf_counter()
     placement = builders.make_placement(config)
-    comp = comp or builders.build(config)
+    components = components or builders.build(config)
     rng = jax.random.key(config.seed)
     init_rng = jax.random.fold_in(rng, rng_streams.INIT)
-    abstract = jax.eval_shape(comp.init_train_state, init_rng)
-    init = jax.jit(comp.init_train_state,
+    abstract = jax.eval_shape(components.init_train_state, init_rng)
+    init = jax.jit(components.init_train_state,
                    out_shardings=placement.state_shardings(abstract, "learner"))
     train_state = init(init_rng)
     self.env_steps = 0
@@ -177,7 +177,7 @@ class _Run:
     start = int(train_state.step)
     total = config.train.iterations
     # Every process steps its own env groups; an update learns from one slot of each.
-    self.steps_per_iter = (config.rl.rollout_length * comp.envs_per_group *
+    self.steps_per_iter = (config.rl.rollout_length * components.envs_per_group *
                            placement.meshes.processes)
     self.placement = placement
 
@@ -185,18 +185,19 @@ class _Run:
     # Evaluation acts on one device of its own env group (a separate instance when the
     # sampling lane keeps every group busy).
     self.eval_device = placement.sim_device(0)
-    self.eval_comp = comp.for_group(comp.eval_group(separate=is_async))
+    self.eval_comp = components.for_group(components.eval_group(separate=is_async))
     self.eval_rng = jax.device_put(jax.random.fold_in(rng, rng_streams.EVAL), self.eval_device)
     train_rng = jax.random.fold_in(rng, rng_streams.TRAIN)
     faults = FaultPlan(config.testing.fault_lane, config.testing.fault_after)
     poison = stages.Poison(config.testing.nan_from, config.testing.nan_count)
     kind = async_pipeline.AsyncPipeline if is_async else sync.SyncPipeline
-    self.pipeline = kind(comp, placement, self.tracer, train_rng, faults=faults, poison=poison)
+    self.pipeline = kind(components, placement, self.tracer, train_rng, faults=faults,
+                         poison=poison)
 
     if start == 0:
       if config.rl.warmstart_steps and latest is None and not config.rl.init_from:
         train_state = train_state.replace(params=warmstart.behaviour_clone(
-            config, comp, placement, train_state.params, rng, self.progress_fn))
+            config, components, placement, train_state.params, rng, self.progress_fn))
       # Iteration 0 is the policy RL starts from (after any warm start), so that the final
       # evaluation against this one is what RL itself added.
       self.result = self._evaluate(0, train_state.params)

@@ -24,14 +24,14 @@ from dvla_jax.training import demo_rows
 from dvla_jax.training import sft
 
 
-def behaviour_clone(config, comp: builders.Components, placement, params, rng: jax.Array,
+def behaviour_clone(config, components: builders.Components, placement, params, rng: jax.Array,
                     progress_fn) -> object:
   """Clones the task's scripted expert into `params`; returns the new params.
 
   Args:
     config: the run config (`rl.warmstart_steps`, `sft.episodes`, `sft.batch_size`, `sft.lr`,
       `sft.expert_noise`).
-    comp: the run's components.
+    components: the run's components.
     placement: the run's placement (batches go to the learner plane).
     params: the initial policy parameters.
     rng: the run's base key.
@@ -42,21 +42,21 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
   """
   rng = jax.random.fold_in(rng, rng_streams.WARMSTART)
   demo_rows.check_experts(config, f"rl.warmstart_steps={config.rl.warmstart_steps}")
-  rounds = demo_rows.recording_rounds(comp, config.sft.episodes)
+  rounds = demo_rows.recording_rounds(components, config.sft.episodes)
   with console.phase(f"warm start: recording {config.sft.episodes} rows of expert "
                      "demonstrations per task", rounds, "rounds") as bar:
-    demos = demo_rows.record_demos(comp, rng, config.sft.episodes, config.sft.expert_noise,
+    demos = demo_rows.record_demos(components, rng, config.sft.episodes, config.sft.expert_noise,
                              on_round=bar.advance)
   n = len(demos["row"])
   if n == 0:
     raise config_check.ConfigError(
         f"rl.warmstart_steps={config.rl.warmstart_steps}: the scripted expert finished no "
-        f"episode of {config.env.task!r} within {comp.env.config.episode_length} steps; "
+        f"episode of {config.env.task!r} within {components.env.config.episode_length} steps; "
         "allowed: a longer episode, or rl.warmstart_steps=0")
   batch_size = min(config.sft.batch_size, n)
   optimizer = builders.make_optimizer(ml_collections.ConfigDict(
       {"lr": config.sft.lr, "max_grad_norm": config.rl.max_grad_norm}))
-  step_fn = jax.jit(functools.partial(sft.sft_step, comp.graphdef, optimizer,
+  step_fn = jax.jit(functools.partial(sft.sft_step, components.graphdef, optimizer,
                                       label_sigma=config.sft.label_sigma),
                     donate_argnums=0)
   state = steps_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
@@ -66,7 +66,7 @@ def behaviour_clone(config, comp: builders.Components, placement, params, rng: j
   log_every = max(1, total // 4)
   with console.phase(f"warm start: behaviour cloning on {n} expert steps", total) as bar:
     for i in range(total):
-      batch = demo_rows.to_batch(next(stream), comp.model_config)
+      batch = demo_rows.to_batch(next(stream), components.model_config)
       state, metrics = step_fn(state, placement.put_batch(batch, "learner"))
       bar.advance()
       if (i + 1) % log_every == 0 or i + 1 == total:

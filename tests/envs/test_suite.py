@@ -137,7 +137,7 @@ def test_experts_succeed_on_every_task(expert_run):
   done_now, _, _ = jax.vmap(env.evaluate)(final)
   assert np.mean(np.asarray(done_now)[success]) >= 0.95
   assert np.all(steps[success] <= env.config.episode_length)
-  # Stages finish in order: a long task's first stage holds at its end too.
+  # PolicyLanes finish in order: a long task's first stage holds at its end too.
   long_worlds = np.isin(ids, [NAMES.index(n) for n in envs.suite_tasks("long")]) & success
   assert np.all(np.asarray(final.metrics["stages_done"])[long_worlds] == 2)
 

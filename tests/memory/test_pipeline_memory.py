@@ -51,10 +51,10 @@ def test_async_pipeline_in_its_pools_allocates_no_device_buffers(monkeypatch):
   monkeypatch.setitem(presets.PRESETS, "census",
                       presets.PRESETS["small"].replace(width=96, mlp_dim=384))
   config = _config()
-  comp = builders.build(config)
+  components = builders.build(config)
   placement = builders.make_placement(config)
-  state = comp.init_train_state(jax.random.key(0))
-  pipe = swimlanes.AsyncPipeline(comp, placement, swimlanes.Tracer(enabled=False),
+  state = components.init_train_state(jax.random.key(0))
+  pipe = swimlanes.AsyncPipeline(components, placement, swimlanes.Tracer(enabled=False),
                                  jax.random.key(1))
   census, static_buffers = {}, {}
 

@@ -24,9 +24,9 @@ from dvla_jax.swimlanes import stages
 
 
 def _instrument() -> None:
-  publish, distribute_into, record = (stages.Stages.publish, stages.Stages.distribute_into,
-                                      stages.Stages.record)
-  weight_buffers = stages.Stages.weight_buffers
+  lanes = stages.PolicyLanes
+  publish, distribute_into, record = lanes.publish, lanes.distribute_into, lanes.record
+  weight_buffers = stages.PolicyLanes.weight_buffers
 
   def publish_hook(self, snapshot, version, state):
     publish(self, snapshot, version, state)
@@ -54,10 +54,10 @@ def _instrument() -> None:
           processes=self.placement.meshes.processes)
     return snapshot, actor
 
-  stages.Stages.publish = publish_hook
-  stages.Stages.distribute_into = distribute_hook
-  stages.Stages.record = record_hook
-  stages.Stages.weight_buffers = weight_buffers_hook
+  stages.PolicyLanes.publish = publish_hook
+  stages.PolicyLanes.distribute_into = distribute_hook
+  stages.PolicyLanes.record = record_hook
+  stages.PolicyLanes.weight_buffers = weight_buffers_hook
 
 
 def main(process_id: int, num_processes: int, port: int, workdir: str, iterations: int,

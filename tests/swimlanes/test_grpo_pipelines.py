@@ -41,7 +41,7 @@ def test_refill_fills_free_group_positions_with_mixed_groups():
   np.testing.assert_array_equal(np.asarray(valid), [1, 1, 0, 0])
   np.testing.assert_array_equal(env_ids[:4], [102, 103, 106, 107])  # Mixed groups, in order.
   np.testing.assert_array_equal(np.asarray(boot)[:4], [102, 103, 106, 107])
-  # Slot B: only its group 2, (1,0), is mixed: it fills position 2; position 3 stays free.
+  # PoolSlot B: only its group 2, (1,0), is mixed: it fills position 2; position 3 stays free.
   b, b_boot = _slot([0, 0, 1, 1, 1, 0, 0, 0], tag=2)
   batch, boot, valid = steps.grpo_merge(batch, boot, valid, b, b_boot, group_size=2,
                                         reward_scale=1.0)
@@ -80,9 +80,9 @@ def test_grpo_trains_in_each_pipeline(tmp_path, pipeline, refill):
   config.train.eval_every = 3
   config.swimlanes.trace = False
   rows = []
-  comp = builders.build(config)
+  components = builders.build(config)
   result = trainer.train(config, str(tmp_path), progress_fn=lambda s, m: rows.append((s, m)),
-                         components=comp)
+                         components=components)
   learner = [m for _, m in rows if "learner/groups_kept" in m]
   assert result["step"] == 3 and len(learner) == 3
   assert all(0.0 <= m["learner/groups_kept"] <= 1.0 for m in learner)

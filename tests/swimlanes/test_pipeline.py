@@ -30,22 +30,22 @@ def _config():
 
 
 @pytest.fixture(scope="module")
-def comp():
+def components():
   return builders.build(_config())
 
 
 @pytest.fixture(scope="module")
-def setup(comp):
-  placement = builders.make_placement(comp.config)
+def setup(components):
+  placement = builders.make_placement(components.config)
   rng = jax.random.key(0)
-  state = comp.init_train_state(rng)
-  return comp, placement, state
+  state = components.init_train_state(rng)
+  return components, placement, state
 
 
 def _run(kind, setup, iterations, start=0, **hooks):
-  comp, placement, state = setup
+  components, placement, state = setup
   tracer = swimlanes.Tracer()
-  pipe = kind(comp, placement, tracer, jax.random.key(1), **hooks)
+  pipe = kind(components, placement, tracer, jax.random.key(1), **hooks)
   seen = {}
 
   def on_update(iteration, st, metrics):
@@ -86,8 +86,8 @@ def test_sync_baseline_runs_the_same_components_on_policy(setup):
 
 @pytest.mark.parametrize("lane", swimlanes.LANES)
 def test_a_fault_in_any_lane_stops_all_lanes_within_5s(setup, lane):
-  comp, placement, state = setup
-  pipe = swimlanes.AsyncPipeline(comp, placement, swimlanes.Tracer(), jax.random.key(1),
+  components, placement, state = setup
+  pipe = swimlanes.AsyncPipeline(components, placement, swimlanes.Tracer(), jax.random.key(1),
                                  faults=swimlanes.FaultPlan(lane, after=2))
   state = jax.tree.map(lambda x: x.copy(), state)
   with pytest.raises(swimlanes.LaneError, match=f"{lane} lane failed: InjectedFault"):
@@ -106,7 +106,7 @@ def test_poisoned_update_is_skipped_and_params_kept(setup):
   assert not all(jax.tree.leaves(changed))
 
 
-def test_bad_updates_in_a_row_halt_with_the_last_good_checkpoint(comp, tmp_path):
+def test_bad_updates_in_a_row_halt_with_the_last_good_checkpoint(components, tmp_path):
   config = _config()
   config.pipeline = "sync"  # Same components; evaluation then needs no env of its own.
   config.train.iterations = 8
@@ -118,7 +118,7 @@ def test_bad_updates_in_a_row_halt_with_the_last_good_checkpoint(comp, tmp_path)
   rows = []
   with pytest.raises(trainer.BadUpdatesError, match="2 updates in a row"):
     trainer.train(config, str(tmp_path), progress_fn=lambda i, m: rows.append((i, m)),
-                  components=comp)
+                  components=components)
   with checkpoints.Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
     assert ckpt.latest_step() == 2
   skipped = [m["learner/skipped_updates"] for _, m in rows if "learner/skipped_updates" in m]

@@ -62,11 +62,11 @@ class _Rows:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   config = _sft_config()
-  comp = builders.build(config)
+  components = builders.build(config)
   workdir = str(tmp_path_factory.mktemp("sft"))
   rows = _Rows()
-  result = sft.train(config, workdir, progress_fn=rows, components=comp)
-  return config, comp, workdir, rows, result
+  result = sft.train(config, workdir, progress_fn=rows, components=components)
+  return config, components, workdir, rows, result
 
 
 def test_sft_lowers_the_held_out_token_loss(run):
@@ -92,8 +92,8 @@ def test_sft_raises_the_success_rate(run):
 
 
 def test_checkpoint_has_the_rl_items(run):
-  config, comp, workdir, _, _ = run
-  abstract = jax.eval_shape(comp.init_train_state, jax.random.key(0))
+  config, components, workdir, _, _ = run
+  abstract = jax.eval_shape(components.init_train_state, jax.random.key(0))
   with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     assert ckpt.all_steps() == [STEPS]
     state, meta = ckpt.restore(STEPS, abstract)
@@ -106,7 +106,7 @@ def test_checkpoint_has_the_rl_items(run):
 
 
 def test_rl_starts_from_the_sft_policy(run, tmp_path):
-  config, comp, workdir, sft_rows, _ = run
+  config, components, workdir, sft_rows, _ = run
   rl = _sft_config()
   rl.mode = "rl"
   rl.rl.init_from = workdir
@@ -116,7 +116,7 @@ def test_rl_starts_from_the_sft_policy(run, tmp_path):
   rl.swimlanes.trace = False
   rows = _Rows()
   rl_dir = str(tmp_path / "rl")
-  trainer.train(rl, rl_dir, progress_fn=rows, components=comp)
+  trainer.train(rl, rl_dir, progress_fn=rows, components=components)
   # RL's first evaluation scores the SFT policy on the same episodes SFT evaluated on.
   for key in ("eval/success_rate", "eval/greedy_success_rate", "eval/episode_return"):
     assert rows.at(0, key) == sft_rows.at(STEPS, key)
@@ -124,7 +124,7 @@ def test_rl_starts_from_the_sft_policy(run, tmp_path):
     assert ckpt.all_steps() == [1]  # its own iteration count, from 0
   # An RL workdir is not an SFT workdir.
   with pytest.raises(config_check.ConfigError, match="holds an RL checkpoint"):
-    sft.train(_sft_config(), rl_dir, progress_fn=_Rows(), components=comp)
+    sft.train(_sft_config(), rl_dir, progress_fn=_Rows(), components=components)
 
 
 def test_warm_start_path_errors_are_one_line(tmp_path):
@@ -135,13 +135,13 @@ def test_warm_start_path_errors_are_one_line(tmp_path):
 
 
 def test_resume_continues_from_the_checkpoint(run, tmp_path):
-  _, comp, workdir, _, _ = run
+  _, components, workdir, _, _ = run
   # On a copy: the other tests read the original run's checkpoint.
   workdir = shutil.copytree(workdir, tmp_path / "resumed")
   config = _sft_config()
   config.train.iterations = STEPS + 10
   rows = _Rows()
-  result = sft.train(config, str(workdir), progress_fn=rows, components=comp)
+  result = sft.train(config, str(workdir), progress_fn=rows, components=components)
   assert result["step"] == STEPS + 10
   assert not rows.at(0, "eval/success_rate")  # no second evaluation of the untrained policy
   assert rows.at(STEPS + 10, "sft/loss")
@@ -153,16 +153,16 @@ def _assert_same(a, b):
 
 
 def test_label_smoothing_targets_a_gaussian_around_the_demonstrated_bin():
-  mc = models.get_preset("tiny")
-  graphdef, params = nnx.split(models.VLA(mc, rngs=nnx.Rngs(0)))
-  obs = mc.fake_obs(2)
-  tokens = np.array([[[0, 100, 255]] * mc.action_horizon] * 2, np.int32)
+  model_config = models.get_preset("tiny")
+  graphdef, params = nnx.split(models.VLA(model_config, rngs=nnx.Rngs(0)))
+  obs = model_config.fake_obs(2)
+  tokens = np.array([[[0, 100, 255]] * model_config.action_horizon] * 2, np.int32)
   batch = {"obs": obs, "tokens": tokens}
   hard, m_hard = sft.token_loss(graphdef, params, batch)
   smooth, m_smooth = sft.token_loss(graphdef, params, batch, label_sigma=4.0)
   logits, _ = nnx.merge(graphdef, params)(obs)
   logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
-  bins = np.arange(mc.num_bins)
+  bins = np.arange(model_config.num_bins)
   target = np.exp(-0.5 * ((bins - np.asarray(tokens)[..., None]) / 4.0) ** 2)
   target /= target.sum(-1, keepdims=True)
   np.testing.assert_allclose(smooth, -(target * logp).sum(-1).mean(), rtol=1e-5)

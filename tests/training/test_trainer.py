@@ -24,8 +24,8 @@ from dvla_jax.training import trainer  # noqa: E402
 
 def _params(workdir, step):
   config = demo.get_config("tiny")
-  comp = builders.build(config)
-  abstract = jax.eval_shape(comp.init_train_state, jax.random.key(0))
+  components = builders.build(config)
+  abstract = jax.eval_shape(components.init_train_state, jax.random.key(0))
   with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     state, meta = ckpt.restore(step, abstract)
   return state, meta
@@ -36,12 +36,12 @@ def two_then_four(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = demo.get_config("tiny")
   # Both runs share the compiled programs (resuming in a fresh process is the SIGTERM test's).
-  comp = builders.build(config)
+  components = builders.build(config)
   config.train.iterations = 2
-  first = trainer.train(config, workdir, components=comp)
+  first = trainer.train(config, workdir, components=components)
   state2, meta2 = _params(workdir, 2)
   config.train.iterations = 4
-  second = trainer.train(config, workdir, components=comp)
+  second = trainer.train(config, workdir, components=components)
   return workdir, first, second, state2, meta2
 
 
@@ -136,9 +136,9 @@ def test_warm_start_clones_the_expert_before_rl(tmp_path):
   config.sft.lr = 3e-3
   config.train.iterations = 1
   rows = []
-  comp = builders.build(config)  # The warm start is not part of the components.
+  components = builders.build(config)  # The warm start is not part of the components.
   trainer.train(config, str(tmp_path), progress_fn=lambda s, m: rows.append((s, dict(m))),
-                components=comp)
+                components=components)
   losses = [m["warmstart/loss"] for _, m in rows if "warmstart/loss" in m]
   assert len(losses) == 4 and losses[-1] < losses[0]
   # The iteration-0 evaluation comes after the warm start: it scores the policy RL starts
@@ -151,7 +151,7 @@ def test_warm_start_clones_the_expert_before_rl(tmp_path):
   config.rl.warmstart_steps = 0
   cold = []
   trainer.train(config, str(tmp_path / "cold"), progress_fn=lambda s, m: cold.append(m),
-                components=comp)
+                components=components)
   warm = [m for s, m in rows if "learner/policy_loss" in m][0]["learner/entropy"]
   cold_entropy = [m for m in cold if "learner/policy_loss" in m][0]["learner/entropy"]
   assert warm < cold_entropy - 0.1  # The cloned policy is sharper than the random one.
