@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                  help="compute dtype (parameters stay float32 master weights)")
   p.add_argument("--remat", action="store_true", help="rematerialise trunk blocks")
+  p.add_argument("--lora_rank", type=int, default=None,
+                 help="LoRA adapters of this rank on the trunk (0 = none)")
+  p.add_argument("--trainable", default=None,
+                 help="parameter groups that train (VLAConfig.trainable; default auto: all "
+                 "without LoRA, lora,action_head,value_head with it)")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override a VLAConfig field, e.g. --set depth=200 (repeatable)")
   p.add_argument("--compile", choices=("auto", "never"), default="auto",
@@ -97,6 +102,10 @@ def _overrides(args) -> dict:
     out["dtype"] = args.dtype
   if args.remat:
     out["remat"] = True
+  if args.lora_rank is not None:
+    out["lora_rank"] = args.lora_rank
+  if args.trainable is not None:
+    out["trainable"] = args.trainable
   return out
 
 

@@ -169,6 +169,15 @@ FIELDS: tuple[Field, ...] = (
     Field("model.remat", False, flag(),
         'rematerialise the trunk blocks in the backward pass (less activation memory, one more '
         'forward pass of compute).'),
+    Field("model.lora_rank", 0, integer(ge=0),
+        'rank r of LoRA adapters beside the trunk\'s attention (qkv, output) and MLP '
+        'projections, W x + B (A x) with B zero at the start, so the adapted policy starts as '
+        'the base one; 0 = none.'),
+    Field("model.trainable", 'auto', text(),
+        'which parameter groups learn: "all", or groups separated by commas among lora, '
+        'trunk, embeddings, encoder, action_head, value_head; "auto" = all without adapters, '
+        '"lora,action_head,value_head" with them. Only those get optimizer state; the rest '
+        'keep their values (`dvla_jax/models/trainable.py`).'),
     Field("rl.algo", 'ppo', choice('ppo', 'grpo'),
         '"ppo" (GAE with the value head) or "grpo" (group-normalised episode returns, no '
         'critic; envs in blocks of `rl.group_size` share a layout).'),

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dvla_jax.models import tokenizer
+from dvla_jax.models import trainable as trainable_lib
 
 _DTYPES = ("float32", "bfloat16")
 
@@ -56,6 +57,12 @@ class VLAConfig:
     vit_depth: image encoder blocks; 0 embeds patches straight into the trunk.
     vit_num_heads: image encoder attention heads.
     vit_mlp_dim: image encoder MLP hidden size.
+    lora_rank: r of the low-rank adapters (LoRA) added beside the trunk's attention (qkv and
+      output) and MLP projections, W x + B (A x) with B zero at init (so the adapted model
+      starts as the base model); 0 = none.
+    trainable: which parameter groups learn (`models.trainable`): "all", or groups separated
+      by commas among lora, trunk, embeddings, encoder, action_head, value_head; "auto" is
+      "all" without adapters and "lora,action_head,value_head" with them.
   """
 
   image_size: int = 32
@@ -81,6 +88,8 @@ class VLAConfig:
   vit_depth: int = 0
   vit_num_heads: int = 1
   vit_mlp_dim: int = 0
+  lora_rank: int = 0
+  trainable: str = "auto"
 
   def __post_init__(self):
     positive = ("image_size", "num_cameras", "patch_size", "width", "depth", "num_heads",
@@ -111,6 +120,12 @@ class VLAConfig:
                            or self.vit_num_heads < 1):
       raise ValueError("VLAConfig.vit_width/vit_num_heads/vit_mlp_dim must be >= 1 with "
                        "vit_num_heads dividing vit_width when vit_depth > 0")
+    if self.lora_rank < 0:
+      raise ValueError(f"VLAConfig.lora_rank must be >= 0, got {self.lora_rank}")
+    try:
+      trainable_lib.parse(self.trainable, self.lora_rank)
+    except ValueError as e:
+      raise ValueError(f"VLAConfig.{e}") from None
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"VLAConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")

@@ -10,6 +10,8 @@ Every parameter is an `nnx.Param` whose `out_sharding` metadata holds logical ax
 without a mesh (tests, CPU) and sharded later by `jit(out_shardings=...)`.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,7 +27,8 @@ KV = "kv"
 VOCAB = "vocab"
 PATCH = "patch"
 BINS = "bins"
-LOGICAL_AXES = (EMBED, MLP, HEADS, KV, VOCAB, PATCH, BINS)
+LORA = "lora"  # The rank of a LoRA adapter.
+LOGICAL_AXES = (EMBED, MLP, HEADS, KV, VOCAB, PATCH, BINS, LORA)
 
 _EMBED_INIT = nnx.initializers.normal(0.02)
 _ZEROS = nnx.initializers.zeros_init()
@@ -47,10 +50,18 @@ class _KeySeq:
   def __init__(self, key: jax.Array):
     self._key = key
     self._count = 0
+    self._adapters = None
 
   def __call__(self) -> jax.Array:
     self._count += 1
     return jax.random.fold_in(self._key, self._count)
+
+  def adapters(self) -> "_KeySeq":
+    """A separate sequence for LoRA adapters, so that adding them leaves every base
+    parameter's key, and so its initial value, as it was."""
+    if self._adapters is None:
+      self._adapters = _KeySeq(jax.random.fold_in(self._key, 2**32 - 1))
+    return self._adapters
 
 
 def _param(keys: _KeySeq, init, shape, axes, dtype) -> nnx.Param:
@@ -75,23 +86,43 @@ class _LayerNorm(nnx.Module):
     return y.astype(x.dtype)
 
 
-class _Dense(nnx.Module):
-  """x @ kernel + bias, computed in `dtype`."""
+def _lora_pair(keys: _KeySeq, in_shape, in_axes, out_shape, out_axes, rank: int, param_dtype):
+  """A LoRA adapter's (A, B): A [in..., r] small random, B [r, out...] zero, so that the
+  adapted projection starts equal to the base one."""
+  keys = keys.adapters()
+  a_init = nnx.initializers.normal(1.0 / (math.prod(in_shape) ** 0.5))
+  a = _param(keys, a_init, (*in_shape, rank), (*in_axes, LORA), param_dtype)
+  b = _param(keys, _ZEROS, (rank, *out_shape), (LORA, *out_axes), param_dtype)
+  return a, b
 
-  def __init__(self, din: int, dout: int, axes, dtype, param_dtype, *, keys: _KeySeq):
+
+class _Dense(nnx.Module):
+  """x @ kernel + bias, computed in `dtype`; with `lora_rank`, plus (x @ lora_a) @ lora_b."""
+
+  def __init__(self, din: int, dout: int, axes, dtype, param_dtype, *, keys: _KeySeq,
+               lora_rank: int = 0):
     self.dtype = dtype
     self.kernel = _param(keys, _fan_in_init(0, 1), (din, dout), axes, param_dtype)
     self.bias = _param(keys, _ZEROS, (dout,), axes[1:], param_dtype)
+    self.lora_rank = lora_rank
+    if lora_rank:
+      self.lora_a, self.lora_b = _lora_pair(keys, (din,), axes[:1], (dout,), axes[1:],
+                                            lora_rank, param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.astype(self.dtype)
-    return x @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+    dt = self.dtype
+    x = x.astype(dt)
+    y = x @ self.kernel[...].astype(dt) + self.bias[...].astype(dt)
+    if self.lora_rank:
+      y = y + (x @ self.lora_a[...].astype(dt)) @ self.lora_b[...].astype(dt)
+    return y
 
 
 class _Attention(nnx.Module):
   """Multi-head self-attention with a fused qkv projection and float32 softmax."""
 
-  def __init__(self, width: int, num_heads: int, dtype, param_dtype, *, keys: _KeySeq):
+  def __init__(self, width: int, num_heads: int, dtype, param_dtype, *, keys: _KeySeq,
+               lora_rank: int = 0):
     head_dim = width // num_heads
     self.dtype = dtype
     self.qkv = _param(keys, _fan_in_init(0, (1, 2, 3)), (width, 3, num_heads, head_dim),
@@ -101,10 +132,20 @@ class _Attention(nnx.Module):
     self.out = _param(keys, _fan_in_init((0, 1), 2), (num_heads, head_dim, width),
                       (HEADS, KV, EMBED), param_dtype)
     self.out_bias = _param(keys, _ZEROS, (width,), (EMBED,), param_dtype)
+    self.lora_rank = lora_rank
+    if lora_rank:
+      self.qkv_lora_a, self.qkv_lora_b = _lora_pair(
+          keys, (width,), (EMBED,), (3, num_heads, head_dim), (None, HEADS, KV), lora_rank,
+          param_dtype)
+      self.out_lora_a, self.out_lora_b = _lora_pair(
+          keys, (num_heads, head_dim), (HEADS, KV), (width,), (EMBED,), lora_rank, param_dtype)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     dt = self.dtype
     qkv = jnp.einsum("btd,dshk->sbthk", x, self.qkv[...].astype(dt))
+    if self.lora_rank:
+      low = x @ self.qkv_lora_a[...].astype(dt)
+      qkv = qkv + jnp.einsum("btr,rshk->sbthk", low, self.qkv_lora_b[...].astype(dt))
     q, k, v = qkv + self.qkv_bias[...].astype(dt)[:, None, None]
     q = q * jnp.asarray(q.shape[-1] ** -0.5, dt)
     scores = jnp.einsum("bqhk,bthk->bhqt", q, k, preferred_element_type=jnp.float32)
@@ -113,6 +154,9 @@ class _Attention(nnx.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     ctx = jnp.einsum("bhqt,bthk->bqhk", probs, v)
     out = jnp.einsum("bqhk,hkd->bqd", ctx, self.out[...].astype(dt))
+    if self.lora_rank:
+      low = jnp.einsum("bqhk,hkr->bqr", ctx, self.out_lora_a[...].astype(dt))
+      out = out + low @ self.out_lora_b[...].astype(dt)
     return out + self.out_bias[...].astype(dt)
 
 
@@ -120,12 +164,14 @@ class _Block(nnx.Module):
   """Pre-LayerNorm transformer block: attention then GELU MLP, both residual."""
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype, param_dtype, *,
-               keys: _KeySeq):
+               keys: _KeySeq, lora_rank: int = 0):
     self.attn_norm = _LayerNorm(width, param_dtype, keys=keys)
-    self.attn = _Attention(width, num_heads, dtype, param_dtype, keys=keys)
+    self.attn = _Attention(width, num_heads, dtype, param_dtype, keys=keys, lora_rank=lora_rank)
     self.mlp_norm = _LayerNorm(width, param_dtype, keys=keys)
-    self.mlp_in = _Dense(width, mlp_dim, (EMBED, MLP), dtype, param_dtype, keys=keys)
-    self.mlp_out = _Dense(mlp_dim, width, (MLP, EMBED), dtype, param_dtype, keys=keys)
+    self.mlp_in = _Dense(width, mlp_dim, (EMBED, MLP), dtype, param_dtype, keys=keys,
+                         lora_rank=lora_rank)
+    self.mlp_out = _Dense(mlp_dim, width, (MLP, EMBED), dtype, param_dtype, keys=keys,
+                          lora_rank=lora_rank)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     x = x + self.attn(self.attn_norm(x), mask)
@@ -186,7 +232,8 @@ class VLA(nnx.Module):
     self.query_embed = _param(keys, _EMBED_INIT, (c.num_action_tokens + 1, c.width),
                               (None, EMBED), pdt)
     self.blocks = nnx.List([
-        _Block(c.width, c.num_heads, c.mlp_dim, dt, pdt, keys=keys) for _ in range(c.depth)])
+        _Block(c.width, c.num_heads, c.mlp_dim, dt, pdt, keys=keys, lora_rank=c.lora_rank)
+        for _ in range(c.depth)])
     self.final_norm = _LayerNorm(c.width, pdt, keys=keys)
     # Heads run in float32 so logits and values keep full precision under bfloat16 compute.
     if c.action_free_logits:

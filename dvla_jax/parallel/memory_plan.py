@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 import numpy as np
 
 from dvla_jax import models
+from dvla_jax.models import trainable as trainable_lib
 from dvla_jax.parallel import sharding as sharding_lib
 
 GIB = 1024 ** 3
@@ -231,17 +232,24 @@ def plan_memory(config: models.VLAConfig, mesh_shape: Mapping[str, int], *,
   _, state = _abstract_params(config)
   variables = _param_vars(state)
   num_params = sum(int(np.prod(v.shape)) for v in variables)
+  # Only the trainable parameters (`VLAConfig.trainable`, e.g. LoRA adapters and heads) have
+  # optimizer state and weight gradients.
+  groups = set(trainable_lib.parse(config.trainable, config.lora_rank))
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(
+      state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]]
+  trained = [v for path, v in zip(paths, variables, strict=True)
+             if trainable_lib.group_of(path) in groups]
 
-  def param_bytes(m):
-    return sum(_shard_elems(v, m, rules) * v.dtype.itemsize for v in variables)
+  def param_bytes(m, which=variables):
+    return sum(_shard_elems(v, m, rules) * v.dtype.itemsize for v in which)
 
   learner_params = param_bytes(mesh)
-  learner_elems = sum(_shard_elems(v, mesh, rules) for v in variables)
+  trained_elems = sum(_shard_elems(v, mesh, rules) for v in trained)
   b = per_device_batch(batch, mesh, rules)
   learner = StepPlan("learner", {
       "parameters": learner_params,
-      "optimizer state": learner_elems * _ADAM_MOMENT_BYTES + _ADAM_COUNT_BYTES,
-      "gradients": learner_params,
+      "optimizer state": trained_elems * _ADAM_MOMENT_BYTES + _ADAM_COUNT_BYTES,
+      "gradients": param_bytes(mesh, trained),
       "activations": _activations(config, b, mesh, rules, config.remat, training=True),
       "fsdp gather": _gather_bytes(state, mesh, rules),
       "batch": _batch_bytes(config, b, training=True),

@@ -37,6 +37,7 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "vocab": "tensor",
     "patch": None,
     "bins": None,
+    "lora": "fsdp",  # An adapter's rank: split like the weights it adapts (ZeRO), where it divides.
 }
 
 

@@ -8,7 +8,7 @@ built for a fixed number of worlds) with its own compiled reset and step.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from flax import nnx
 import jax
@@ -168,13 +168,23 @@ def model_config(config, env: envs.TabletopEnv) -> models.VLAConfig:
   """The preset, with image size, chunk shape and proprio size taken from the env, and the
   compute dtype, remat and action head choices from `config.model`."""
   obs_size = env.observation_size
+  try:
+    return _model_config(config, env, obs_size)
+  except ValueError as e:  # The model's own fields (e.g. trainable) name config.model's.
+    if str(e).startswith(("VLAConfig.trainable", "VLAConfig.lora_rank")):
+      raise config_check.ConfigError(str(e).replace("VLAConfig.", "model.", 1)) from None
+    raise
+
+
+def _model_config(config, env, obs_size) -> models.VLAConfig:
   return models.get_preset(
       config.model.preset, image_size=env.config.image_size,
       num_cameras=obs_size["image"][0],
       max_text_len=models.tokenizer.text_len(env.instruction_table()),
       proprio_dim=obs_size["proprio"][0], action_horizon=env.config.action_horizon,
       action_dim=env.action_dim, dtype=config.model.dtype, remat=config.model.remat,
-      action_free_logits=config.model.action_head == "bins")
+      action_free_logits=config.model.action_head == "bins",
+      lora_rank=config.model.lora_rank, trainable=config.model.trainable)
 
 
 def _scale_value_head(factor: float) -> optax.GradientTransformation:
@@ -186,7 +196,8 @@ def _scale_value_head(factor: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def make_optimizer(rl_config) -> optax.GradientTransformation:
+def make_optimizer(rl_config, trainable: Optional[Sequence[str]] = None
+                   ) -> optax.GradientTransformation:
   """Adam after a global-norm clip; the value head's steps at `rl_config.value_lr` when set.
 
   The critic of a cloned policy starts from nothing and must fit returns in a few updates,
@@ -195,10 +206,19 @@ def make_optimizer(rl_config) -> optax.GradientTransformation:
   head's Adam steps are rescaled by value_lr / lr, which is Adam at value_lr for those
   parameters; the optimizer state has the same structure either way (so an SFT checkpoint
   restores into an RL run).
+
+  With `trainable` (parameter groups, `models.trainable`; None = every parameter), only those
+  groups are stepped (and clipped together); the others get no optimizer state and a zero
+  update, so their values never change.
   """
   value_lr = rl_config.get("value_lr", 0.0) or rl_config.lr
-  return optax.chain(optax.clip_by_global_norm(rl_config.max_grad_norm),
+  adam = optax.chain(optax.clip_by_global_norm(rl_config.max_grad_norm),
                      optax.adam(rl_config.lr), _scale_value_head(value_lr / rl_config.lr))
+  if trainable is None:
+    return adam
+  return optax.multi_transform(
+      {"train": adam, "frozen": optax.set_to_zero()},
+      lambda params: models.trainable.labels(params, trainable))
 
 
 def _make_group(config, num_worlds: int) -> EnvGroup:
@@ -291,7 +311,7 @@ def build(config) -> Components:
   env, venv = groups[0].env, groups[0].venv
   mcfg = model_config(config, env)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.VLA(mcfg, rngs=nnx.Rngs(0))))
-  optimizer = make_optimizer(config.rl)
+  optimizer = make_optimizer(config.rl, models.trainable.partial(mcfg))
   tokenizer = models.ActionTokenizer([-1.0] * mcfg.action_dim, [1.0] * mcfg.action_dim,
                                      mcfg.num_bins)
   decoupled = uses_decoupled_ppo(config)
