@@ -29,4 +29,5 @@ __all__ = [
     "sample_tokens",
     "token_entropy",
     "token_log_probs",
+    "trainable",
 ]

@@ -12,9 +12,9 @@ without a mesh (tests, CPU) and sharded later by `jit(out_shardings=...)`.
 
 import math
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from dvla_jax.models import tokenizer
 from dvla_jax.models.presets import VLAConfig
