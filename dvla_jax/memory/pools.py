@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from dvla_jax.memory import accounting
+from dvla_jax.models import trainable as trainable_lib
 
 
 def _write_step(slot: Any, t: jax.Array, step: Any) -> Any:
@@ -150,17 +151,24 @@ class WeightBuffer:
   `take_newest` between steps. The writer always overwrites the copy the reader does not
   hold, in place (donated), so the two copies are the only weight buffers the actors ever
   use.
+
+  With a frozen `base` (partial fine-tuning, e.g. LoRA: `models.trainable.split`), the two
+  copies hold the trainable leaves only, each version's delta, and the reader gets them
+  merged with the one base, which is never copied or rewritten.
   """
 
-  def __init__(self, params: Any, version: int = 0):
+  def __init__(self, params: Any, version: int = 0, base: Any = None):
     """Args:
-      params: the first weights, already on the actor devices; a second copy is made.
+      params: the first weights (the trainable part, with `base`), already on the devices
+        they are used on; a second copy is made.
       version: their policy version.
+      base: the frozen leaves (None in place of the trainable ones), or None.
     """
     self._bufs = [params, copy_tree(params)]
     self._versions = [version, -1]
     self._held = 0  # The copy the reader acts with.
     self._lock = threading.Lock()
+    self.base = base
     self.swaps = 0
 
   @property
@@ -181,7 +189,8 @@ class WeightBuffer:
       self._versions[incoming] = version
 
   def take_newest(self) -> tuple[int, Any]:
-    """Swaps to the incoming copy if it is newer; returns (version, params) to act with.
+    """Swaps to the incoming copy if it is newer; returns (version, params) to act with
+    (merged with the base, if any).
 
     The params returned stay valid until the next call.
     """
@@ -191,11 +200,15 @@ class WeightBuffer:
           self._held]:
         self._held = incoming
         self.swaps += 1
-      return self._versions[self._held], self._bufs[self._held]
+      version, params = self._versions[self._held], self._bufs[self._held]
+    if self.base is not None:
+      params = trainable_lib.merge(params, self.base)
+    return version, params
 
   def trees(self) -> list[Any]:
     with self._lock:
-      return [b for b in self._bufs if b is not None]
+      bufs = [b for b in self._bufs if b is not None]
+    return bufs + ([self.base] if self.base is not None else [])
 
 
 class StaticPool:

@@ -91,3 +91,56 @@ def trainable_fraction(params: Any, groups: Sequence[str]) -> float:
                          strict=True):
     sizes[label] += int(getattr(leaf, "size", 0))
   return sizes["train"] / max(sizes["train"] + sizes["frozen"], 1)
+
+
+def split(params: Any, groups: Sequence[str]) -> tuple[Any, Any]:
+  """(trained, frozen): two trees shaped like `params`, each holding its own leaves and None
+  in place of the other's (None is an empty subtree: tree maps skip it)."""
+  marks = labels(params, groups)
+  trained = jax.tree.map(lambda m, x: x if m == "train" else None, marks, params)
+  frozen = jax.tree.map(lambda m, x: None if m == "train" else x, marks, params)
+  return trained, frozen
+
+
+def merge(trained: Any, frozen: Any) -> Any:
+  """The whole tree from `split`'s halves (references only: nothing is copied)."""
+  return jax.tree.map(lambda t, f: f if t is None else t, trained, frozen,
+                      is_leaf=lambda x: x is None)
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes of every array in `tree` (global shapes)."""
+  return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def merge_adapters(params: Any) -> dict:
+  """The params of the same model without adapters (`lora_rank` 0): each adapted projection's
+  weight becomes W + A B, and the adapters are dropped. For export: inference and evaluation
+  of a LoRA run on the base architecture.
+
+  Args:
+    params: a model's params (an `nnx.State` or its pure dict).
+
+  Returns:
+    A pure nested dict of arrays (load it with `nnx.State.replace_by_pure_dict` into the
+    state of a model built with `lora_rank=0`).
+  """
+  tree = params.to_pure_dict() if hasattr(params, "to_pure_dict") else params
+  return _merge_node(tree)
+
+
+# Adapter pairs: (A name, B name, the weight they adapt, how A and B contract).
+_PAIRS = (("lora_a", "lora_b", "kernel", "dr,ro->do"),
+          ("qkv_lora_a", "qkv_lora_b", "qkv", "dr,rshk->dshk"),
+          ("out_lora_a", "out_lora_b", "out", "hkr,rd->hkd"))
+
+
+def _merge_node(node: Any) -> Any:
+  if not isinstance(node, dict):
+    return node
+  out = {k: _merge_node(v) for k, v in node.items() if "lora" not in str(k)}
+  for a, b, weight, contraction in _PAIRS:
+    if a in node:
+      delta = jax.numpy.einsum(contraction, node[a], node[b])
+      out[weight] = (out[weight] + delta).astype(out[weight].dtype)
+  return out

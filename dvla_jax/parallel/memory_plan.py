@@ -258,7 +258,8 @@ def plan_memory(config: models.VLAConfig, mesh_shape: Mapping[str, int], *,
   ab = per_device_batch(actor_batch, actor_mesh, rules)
   actor = StepPlan("actor", {
       "parameters": actor_params,
-      "incoming weights": actor_params,
+      # The next version's copy: with partial fine-tuning, of the trainable leaves only.
+      "incoming weights": param_bytes(actor_mesh, trained),
       "activations": _activations(config, ab, actor_mesh, rules, False, training=False),
       "fsdp gather": _gather_bytes(state, actor_mesh, rules),
       "batch": _batch_bytes(config, ab, training=False),

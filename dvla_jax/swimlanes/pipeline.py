@@ -108,11 +108,13 @@ class AsyncPipeline:
     self._stop: Optional[threading.Event] = None
 
   def stats(self) -> dict[str, float]:
-    """Actor-side metrics since the previous call: version in use, mean lag, swaps."""
+    """Actor-side metrics since the previous call: version in use, mean lag, swaps; and the
+    bytes each weight version sends to the actors."""
     with self._lock:
       lag = self._lag_sum / self._acts if self._acts else 0.0
       stats = {"actor/version": float(self._actor_version), "actor/version_lag": lag,
-               "actor/weight_swaps": float(self._swaps)}
+               "actor/weight_swaps": float(self._swaps),
+               "weights/bytes_per_version": float(self.policy.sync_bytes)}
       self._lag_sum, self._acts, self._swaps = 0.0, 0, 0
     return stats
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from dvla_jax import envs
 from dvla_jax import memory
+from dvla_jax import models
 from dvla_jax import parallel
 from dvla_jax.config import rng_streams
 from dvla_jax.parallel import Placement
@@ -168,6 +169,9 @@ class PolicyLanes:
     self.rng = rng
     self.poison = poison or Poison()
     self.curriculum = curriculum
+    # Partial fine-tuning: the parameter groups that learn (None: all of them).
+    self.trainable = models.trainable.partial(components.config.model)
+    self._sync_bytes = 0
 
   def act_key(self, group: int, count: int) -> jax.Array:
     act = jax.random.fold_in(self.rng, rng_streams.ACT)
@@ -206,18 +210,32 @@ class PolicyLanes:
     donates the train state (replicated over the learner mesh when it spans processes, so
     that publishing gathers the weights and distributing stays within each process); the
     actors' buffer (actor mesh) is what inference acts with while the next version is copied
-    in.
+    in. With partial fine-tuning (`model.trainable`, e.g. LoRA) both hold the trainable
+    leaves only, each version's delta; the actors keep one copy of the frozen rest, sent
+    here once, as their buffer's base.
 
     Returns:
       (learner snapshot, actor weights), both holding `state.params` as `version`.
     """
+    params, base = state.params, None
+    if self.trainable is not None:
+      params, base = models.trainable.split(params, self.trainable)
     if self.placement.spans_processes:  # Gathered: every process holds a whole replica.
-      params = self.placement.gather(state.params)
+      snapshot = self.placement.gather(params)
+      base = None if base is None else self.placement.gather(base)
     else:
-      params = self.components.copy_params(state.params)
+      snapshot = self.components.copy_params(params)
     # A copy even where the planes share devices: the actors' buffers are donated on their own.
-    actor = self.components.copy_params(self.distribute(params))
-    return memory.WeightBuffer(params, version), memory.WeightBuffer(actor, version)
+    actor = self.components.copy_params(self.distribute(snapshot))
+    if base is not None:
+      base = self.components.copy_params(self.distribute(base))
+    self._sync_bytes = models.trainable.tree_bytes(snapshot)
+    return memory.WeightBuffer(snapshot, version), memory.WeightBuffer(actor, version, base)
+
+  @property
+  def sync_bytes(self) -> int:
+    """Bytes each weight version sends to the actors (every leaf, or the trainable ones)."""
+    return self._sync_bytes
 
   def record(self, slot: PoolSlot, t: int, obs, out: steps.ActOutput, version: int,
              result: steps.EnvStep) -> PoolSlot:
@@ -289,7 +307,10 @@ class PolicyLanes:
     the copy: the next update donates `state`). Across processes this is a gather, which is
     why the gradient lane, not the distribution lane, does it: every process's collectives
     then come from one lane, in the same order."""
-    snapshot.stage(version, state.params)
+    params = state.params
+    if self.trainable is not None:
+      params = models.trainable.split(params, self.trainable)[0]
+    snapshot.stage(version, params)
 
   def agree_to_stop(self, stop: bool) -> bool:
     """Whether any process of the run wants to stop; `stop` itself within one process.

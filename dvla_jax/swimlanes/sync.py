@@ -51,7 +51,8 @@ class SyncPipeline:
 
   def stats(self) -> dict[str, float]:
     """Actor-side metrics: the sync actor always acts with the newest weights."""
-    return {"actor/version": float(self.iteration), "actor/version_lag": 0.0}
+    return {"actor/version": float(self.iteration), "actor/version_lag": 0.0,
+            "weights/bytes_per_version": float(self.policy.sync_bytes)}
 
   def run(self, train_state: steps.TrainState, start: int, total: int, on_update: UpdateFn,
           stop: threading.Event) -> tuple[steps.TrainState, int]:

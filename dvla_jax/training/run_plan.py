@@ -173,7 +173,8 @@ def plan_run(config, num_devices: int, processes: int = 1) -> RunPlan:
   snapshot = 0
   if processes > 1:  # Gathered whole onto every learner device (`Placement.gather`).
     whole = {axis: 1 for axis in memory_plan.MESH_AXES}
-    snapshot = memory_plan.plan_memory(mcfg, whole).learner.terms["parameters"]
+    # With partial fine-tuning the snapshot holds the trainable leaves only (`PolicyLanes`).
+    snapshot = memory_plan.plan_memory(mcfg, whole).actor.terms["incoming weights"]
   for device in ids["learner"]:
     for name, size in plan.learner.terms.items():
       add(device, f"learner {name}", size)

@@ -93,3 +93,23 @@ def test_planner_counts_optimizer_state_of_the_adapters_only():
   assert 0.001 < ratio < 0.02
   assert lora.learner.terms["gradients"] < 0.02 * full.learner.terms["gradients"]
   assert lora.num_params > full.num_params  # The adapters are there.
+
+
+def test_merged_export_runs_on_the_base_architecture():
+  """W + A B on the base model gives the adapted model's outputs."""
+  @jax.jit
+  def run(obs):
+    adapted = models.VLA(LORA, rngs=nnx.Rngs(0))
+    state = jax.tree_util.tree_map_with_path(  # Trained-looking adapters: B away from zero.
+        lambda p, x: x + 0.1 if "lora_b" in jax.tree_util.keystr(p) else x, nnx.state(adapted))
+    nnx.update(adapted, state)
+    base = models.VLA(BASE, rngs=nnx.Rngs(5))
+    merged = nnx.state(base)
+    merged.replace_by_pure_dict(trainable.merge_adapters(state))
+    nnx.update(base, merged)
+    return adapted(obs), base(obs)
+
+  adapted_out, base_out = run(BASE.fake_obs(2))
+  assert float(jnp.abs(adapted_out[0]).max()) > 0.1
+  for a, b in zip(adapted_out, base_out, strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
