@@ -4,6 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Tokens per action dimension: the one definition (the model's `VLAConfig.num_bins` default,
+# the tokenizer's, and the demonstration files').
+NUM_BINS = 256
+
 
 class ActionTokenizer:
   """Uniform binning of each action dimension between `low` and `high`.
@@ -13,7 +17,7 @@ class ActionTokenizer:
   an in-range action is at most w_d / 2. Both directions are jittable.
   """
 
-  def __init__(self, low, high, num_bins: int = 256):
+  def __init__(self, low, high, num_bins: int = NUM_BINS):
     """Creates the tokenizer.
 
     Args:

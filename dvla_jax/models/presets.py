@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvla_jax.models import action_tokens
 from dvla_jax.models import tokenizer
 from dvla_jax.models import trainable as trainable_lib
 
@@ -77,7 +78,7 @@ class VLAConfig:
   proprio_dim: int = 8
   action_horizon: int = 2
   action_dim: int = 3
-  num_bins: int = 256
+  num_bins: int = action_tokens.NUM_BINS
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False

@@ -50,7 +50,7 @@ from dvla_jax.programs import observations
 
 FORMAT = "dvla_jax.demos"
 VERSION = 1
-NUM_BINS = 256
+NUM_BINS = action_tokens.NUM_BINS
 _STEP_FIELDS = ("image", "proprio", "actions", "action_tokens", "rewards", "dones", "valid")
 _EPISODE_FIELDS = ("text", "instruction", "length", "success")
 FIELDS = _STEP_FIELDS + _EPISODE_FIELDS
