@@ -34,6 +34,14 @@ _HELP = "test_scripts_answer_help"
 # "CI: ..." / "external: ..." with the reason.
 COVERED = {
     "make demo": "test_make_demo_runs_the_demo_flags",
+    "python -m dvla_jax.config":
+        "config/test_config_check.py::test_config_cli_prints_the_reference",
+    "--config.model.lora_rank=16":
+        "swimlanes/test_weight_delta.py::test_training_leaves_the_frozen_trunk_unchanged",
+    "--config.model.trainable":
+        "models/test_lora.py::test_trainable_groups_parse_with_one_line_errors",
+    "tools/plan_memory.py --preset P --mesh fsdp=8 [--lora_rank 16]":
+        "tools/test_plan_memory.py::test_lora_rank_flag_plans_the_adapters_only",
     "make test": "CI: .ci/run ends with `make test`",
     ".ci/run": "CI: the CI entry point itself",
     "make demo WORKDIR=/tmp/run": "test_make_demo_runs_the_demo_flags",

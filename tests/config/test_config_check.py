@@ -1,7 +1,10 @@
 """config_check: shipped configs pass; each kind of violation is one line naming the field."""
 
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -145,3 +148,13 @@ def test_optional_module_distinguishes_absent_from_broken(tmp_path, monkeypatch)
   # A package that exists but fails to import is a bug to surface, not a missing list.
   with pytest.raises(ModuleNotFoundError, match="dvla_no_such_dependency"):
     names._optional_module("dvla_broken_pkg")
+
+
+def test_config_cli_prints_the_reference():
+  env = dict(os.environ, PYTHONPATH=str(_ROOT))
+  text = subprocess.run([sys.executable, "-m", "dvla_jax.config"], capture_output=True,
+                        text=True, check=True, env=env, cwd=_ROOT).stdout
+  assert text == fields.reference() and "rl.lr = 0.0003 (float > 0)" in text
+  markdown = subprocess.run([sys.executable, "-m", "dvla_jax.config", "--markdown"],
+                            capture_output=True, text=True, check=True, env=env, cwd=_ROOT)
+  assert markdown.stdout == (_ROOT / "docs" / "config.md").read_text()

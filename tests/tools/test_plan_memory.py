@@ -123,3 +123,21 @@ def test_planner_imports_no_devices():
   # Planning a mesh far larger than the machine touches only abstract meshes.
   assert len(jax.devices()) < 1024
   parallel.plan_memory(models.get_preset("small"), {"data": 1024}, batch=1024)
+
+
+def test_lora_rank_flag_plans_the_adapters_only():
+  """`--lora_rank 16` on 7b: Adam state and the incoming weights of the adapters and heads."""
+  def terms(*extra):
+    result = _run_tool("--preset", "7b", "--mesh", "fsdp=8", "--compile", "never", *extra)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = {}
+    for line in result.stdout.splitlines():
+      parts = line.split()
+      if len(parts) >= 4 and parts[-1] == "B" and parts[-3] == "GiB":
+        found.setdefault(" ".join(parts[:-4]), int(parts[-2].replace(",", "")))
+    return found
+
+  full, lora = terms(), terms("--lora_rank", "16")
+  assert lora["optimizer state"] < 0.02 * full["optimizer state"]
+  assert lora["incoming weights"] < 0.02 * full["incoming weights"]
+  assert lora["parameters"] > full["parameters"]  # The adapters are added, the base kept.
