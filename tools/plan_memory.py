@@ -14,7 +14,8 @@ share (`dvla_jax.training.run_plan`); it prints the fullest device's terms and a
 Parameters, optimizer state (Adam, float32 moments), gradients, activations (an analytic
 per-layer count), FSDP gather buffers and the batch are computed from shapes and the logical
 sharding rules, without allocating anything, for any mesh size. When the mesh fits on the
-devices present (up to 8 fake CPU devices here) the learner step (the run's own update,
+devices present (up to 8 fake CPU devices here; on CPU, models of at most 1B parameters
+unless `--compile=always`) the learner step (the run's own update,
 `dvla_jax.programs.aot.compile_update`, on one minibatch) is also compiled ahead of
 time and `compiled.memory_analysis()` is printed next to the plan: its argument bytes
 correspond to the plan's parameters + optimizer state + batch, and its temporaries to the
@@ -44,6 +45,7 @@ from dvla_jax import models  # noqa: E402
 from dvla_jax.parallel import memory_plan  # noqa: E402
 
 _MAX_COMPILE_DEVICES = 8
+_MAX_CPU_COMPILE_PARAMS = 1e9  # --compile=auto on CPU devices: larger models are planned only.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                  "without LoRA, lora,action_head,value_head with it)")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override a VLAConfig field, e.g. --set depth=200 (repeatable)")
-  p.add_argument("--compile", choices=("auto", "never"), default="auto",
-                 help="auto: compile the learner step when the mesh fits the devices here")
+  p.add_argument("--compile", choices=("auto", "always", "never"), default="auto",
+                 help="auto: compile the learner step when the mesh fits the devices here and, "
+                 f"on CPU, the model has at most {_MAX_CPU_COMPILE_PARAMS:.0e} parameters; "
+                 "always: whenever the mesh fits")
   p.add_argument("--strict", action="store_true", help="exit 1 when a step does not fit")
   p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
   return p
@@ -192,7 +196,11 @@ def main(argv=None) -> int:
             "fits": plan.fits(device_bytes)}
   devices = math.prod(mesh_shape.values())
   available = min(len(jax.devices()), _MAX_COMPILE_DEVICES)
-  if args.compile == "auto" and devices <= available:
+  # XLA:CPU takes many minutes over a multi-billion-parameter update, and its figures say
+  # nothing an accelerator would not: auto leaves such models to the plan.
+  too_big = (jax.devices()[0].platform == "cpu" and plan.num_params > _MAX_CPU_COMPILE_PARAMS
+             and args.compile == "auto")
+  if args.compile != "never" and devices <= available and not too_big:
     compiled = _compile_report(config, plan, mesh_shape)
     report["compiled"] = compiled
     if "memory_analysis" in compiled:
@@ -209,10 +217,14 @@ def main(argv=None) -> int:
             f"inputs {s['alias_size_in_bytes']:,} B")
     else:
       print(compiled["note"])
+  elif args.compile == "never":
+    print("not compiled (--compile=never)")
+  elif too_big:
+    print(f"not compiled: {plan.num_params / 1e9:.2f}B parameters on CPU devices (at most "
+          f"{_MAX_CPU_COMPILE_PARAMS / 1e9:g}B with --compile=auto; --compile=always forces it)")
   else:
     print(f"not compiled: the mesh has {devices} devices, {available} are available here "
-          f"(at most {_MAX_COMPILE_DEVICES})" if args.compile == "auto" else
-          "not compiled (--compile=never)")
+          f"(at most {_MAX_COMPILE_DEVICES})")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=2)
