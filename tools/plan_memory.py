@@ -199,7 +199,7 @@ def main(argv=None) -> int:
   # XLA:CPU takes many minutes over a multi-billion-parameter update, and its figures say
   # nothing an accelerator would not: auto leaves such models to the plan.
   too_big = (jax.devices()[0].platform == "cpu" and plan.num_params > _MAX_CPU_COMPILE_PARAMS
-             and args.compile == "auto")
+             and args.compile == "auto" and devices <= available)
   if args.compile != "never" and devices <= available and not too_big:
     compiled = _compile_report(config, plan, mesh_shape)
     report["compiled"] = compiled
