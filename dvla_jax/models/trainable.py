@@ -84,15 +84,6 @@ def labels(params: Any, groups: Sequence[str]) -> Any:
       lambda path, _: "train" if group_of(path) in groups else "frozen", params)
 
 
-def trainable_fraction(params: Any, groups: Sequence[str]) -> float:
-  """Share of the parameters (elements) that train."""
-  sizes = {"train": 0, "frozen": 0}
-  for label, leaf in zip(jax.tree.leaves(labels(params, groups)), jax.tree.leaves(params),
-                         strict=True):
-    sizes[label] += int(getattr(leaf, "size", 0))
-  return sizes["train"] / max(sizes["train"] + sizes["frozen"], 1)
-
-
 def split(params: Any, groups: Sequence[str]) -> tuple[Any, Any]:
   """(trained, frozen): two trees shaped like `params`, each holding its own leaves and None
   in place of the other's (None is an empty subtree: tree maps skip it)."""
@@ -107,10 +98,6 @@ def merge(trained: Any, frozen: Any) -> Any:
   return jax.tree.map(lambda t, f: f if t is None else t, trained, frozen,
                       is_leaf=lambda x: x is None)
 
-
-def tree_bytes(tree: Any) -> int:
-  """Bytes of every array in `tree` (global shapes)."""
-  return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def merge_adapters(params: Any) -> dict:

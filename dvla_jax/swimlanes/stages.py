@@ -105,6 +105,8 @@ class Sampler:
     self.placement = placement
     self.rng = rng
     self.curriculum = curriculum
+    # The run key's words: with the group and slot, the seed of each slot's task draw.
+    self._task_seed = [int(x) for x in np.ravel(jax.random.key_data(rng))]
     self.states: list[Any] = [None] * len(components.groups)
     self.steps_in_slot = [0] * len(components.groups)
     self.rollouts = [0] * len(components.groups)
@@ -115,8 +117,7 @@ class Sampler:
       return None
     rl_config = self.components.config.rl
     share = rl_config.group_size if rl_config.algo == "grpo" else 1
-    seed = [int(x) for x in np.ravel(jax.random.key_data(self.rng))]
-    rng = np.random.default_rng(seed + [rng_streams.TASK, group, count])
+    rng = np.random.default_rng(self._task_seed + [rng_streams.TASK, group, count])
     return self.curriculum.tasks(self.components.envs_per_group, share, rng)
 
   def _key(self, purpose: int, group: int, count: int) -> jax.Array:
@@ -229,7 +230,7 @@ class PolicyLanes:
     actor = self.components.copy_params(self.distribute(snapshot))
     if base is not None:
       base = self.components.copy_params(self.distribute(base))
-    self._sync_bytes = models.trainable.tree_bytes(snapshot)
+    self._sync_bytes = memory.tree_bytes(snapshot)
     return memory.WeightBuffer(snapshot, version), memory.WeightBuffer(actor, version, base)
 
   @property

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 import demo  # noqa: E402  (a config file, imported by path)
 
+from dvla_jax import memory  # noqa: E402
 from dvla_jax import models  # noqa: E402
 from dvla_jax import swimlanes  # noqa: E402
 from dvla_jax.programs import builders  # noqa: E402
@@ -42,8 +43,8 @@ def test_versions_carry_the_trainable_leaves_only(setup):
   assert groups == ("lora", "action_head", "value_head")
   snapshot, actor = lanes.weight_buffers(state, 0)
   trained, frozen = models.trainable.split(state.params, groups)
-  assert lanes.sync_bytes == models.trainable.tree_bytes(trained)
-  assert lanes.sync_bytes < 0.5 * models.trainable.tree_bytes(state.params)
+  assert lanes.sync_bytes == memory.tree_bytes(trained)
+  assert lanes.sync_bytes < 0.5 * memory.tree_bytes(state.params)
   assert len(jax.tree.leaves(snapshot.take_newest()[1])) == len(jax.tree.leaves(trained))
   version, acting = actor.take_newest()
   assert version == 0 and jax.tree.structure(acting) == jax.tree.structure(state.params)
